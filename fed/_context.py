@@ -1,0 +1,73 @@
+"""The one per-process context: who we are, the job, the call counter, the channel.
+
+`fed.init` creates it, `fed.shutdown` clears it; nothing else in the package keeps
+mutable module state.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from fed.config import FedConfig
+from fed.errors import FedNotInitializedError
+from fed.transport.base import Transport
+
+
+@dataclass
+class FedContext:
+    config: FedConfig
+    transport: Transport
+    log: logging.LoggerAdapter
+    started_ray: bool = False
+    sending_failure_handler: Optional[Callable[[Exception], None]] = None
+    _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
+    _channel: dict = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def party(self) -> str:
+        return self.config.party
+
+    @property
+    def job_name(self) -> str:
+        return self.config.job_name
+
+    @property
+    def simulation(self) -> bool:
+        return self.config.mode == "simulation"
+
+    def executes(self, party: str) -> bool:
+        """Whether this process runs calls pinned to `party` (all of them in simulation)."""
+        return self.simulation or party == self.config.party
+
+    def next_seq_id(self) -> int:
+        """The next call's sequence id; every party draws them in the same order."""
+        return next(self._seq)
+
+    def next_ordinal(self, src: str, dst: str) -> int:
+        """The next message number on the (src, dst) channel."""
+        n = self._channel[(src, dst)]
+        self._channel[(src, dst)] = n + 1
+        return n
+
+
+_current: Optional[FedContext] = None
+
+
+def get() -> FedContext:
+    if _current is None:
+        raise FedNotInitializedError(
+            "rayfed is not initialized in this process: call fed.init(...) first"
+        )
+    return _current
+
+
+def peek() -> Optional[FedContext]:
+    return _current
+
+
+def set_current(ctx: Optional[FedContext]) -> None:
+    global _current
+    _current = ctx

@@ -1,0 +1,173 @@
+"""init / shutdown / get / kill: thin entry points over the context and the channel."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+import ray
+
+from fed import _context, _log
+from fed.config import build_config
+from fed.errors import FedConfigError, FedError
+from fed.object import FedObject
+from fed.remote import FedActorHandle, route
+
+
+def init(
+    address: Optional[str] = None,
+    cluster: Optional[Mapping[str, Any]] = None,
+    party: Optional[str] = None,
+    *,
+    addresses: Optional[Mapping[str, Any]] = None,
+    tls_config: Optional[Mapping[str, Any]] = None,
+    config: Optional[Mapping[str, Any]] = None,
+    job_name: Optional[str] = None,
+    logging_level: str = "info",
+    mode: Optional[str] = None,
+    sending_failure_handler: Optional[Callable[[Exception], None]] = None,
+    sender_proxy_cls: Any = None,
+    receiver_proxy_cls: Any = None,
+    receiver_sender_proxy_cls: Any = None,
+) -> None:
+    """Join a job as `party`: start Ray if needed, then this party's channel.
+
+    Two address forms are accepted: ``cluster={"alice": {"address": "host:port"}}``
+    (with ``address="local"`` fed.init starts this party's own Ray cluster), and
+    ``addresses={"alice": "host:port"}`` with Ray already initialised by the caller.
+    ``mode="simulation"`` runs every party's calls in this one process.
+    """
+    if isinstance(address, Mapping):  # RayFed's positional form: fed.init(addresses, party)
+        addresses, address = address, None
+        if isinstance(cluster, str) and party is None:
+            party, cluster = cluster, None
+    if _context.peek() is not None:
+        raise FedError("fed.init was already called in this process: call fed.shutdown() first")
+    if sender_proxy_cls or receiver_proxy_cls or receiver_sender_proxy_cls:
+        raise FedConfigError(
+            "custom proxy classes are not supported: rayfed's channel is a TCP/TLS stream "
+            "behind fed.transport.base.Transport; drop the *_proxy_cls arguments"
+        )
+    _log.configure(logging_level)
+    cfg = build_config(
+        party=party, addresses=addresses, cluster=cluster, config=config,
+        tls_config=tls_config, job_name=job_name, mode=mode,
+    )
+    log = _log.party_logger(cfg.party if cfg.mode == "production" else "simulation", cfg.job_name)
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=address or "local", include_dashboard=False, configure_logging=False)
+        started_ray = True
+    elif address not in (None, "local"):
+        log.warning("Ray is already initialised in this process; ignoring address=%r", address)
+
+    if cfg.mode == "simulation":
+        from fed.transport.local import LocalTransport
+
+        transport = LocalTransport(cfg)
+    else:
+        from fed.transport.tcp import TcpTransport
+
+        transport = TcpTransport(cfg)
+    try:
+        transport.start()
+        if cfg.barrier_on_initializing and cfg.mode == "production":
+            transport.wait_for_peers(cfg.comm.startup_timeout_s)
+    except BaseException:
+        transport.stop(0)
+        if started_ray:
+            ray.shutdown()
+        raise
+    ctx = _context.FedContext(
+        config=cfg, transport=transport, log=log, started_ray=started_ray,
+        sending_failure_handler=sending_failure_handler,
+    )
+    _context.set_current(ctx)
+    log.info(
+        "joined job %r as %r (%s mode) with parties %s",
+        cfg.job_name, cfg.party, cfg.mode,
+        {p: str(a.address) for p, a in cfg.parties.items()},
+    )
+
+
+def shutdown() -> None:
+    """Flush pending sends (bounded), stop the channel, reset all state; idempotent."""
+    ctx = _context.peek()
+    if ctx is None:
+        return
+    _context.set_current(None)
+    started = time.monotonic()
+    failures = ctx.transport.stop(ctx.config.comm.shutdown_flush_timeout_s)
+    for failure in failures:
+        ctx.log.error("a cross-party send failed: %s", _cause(failure))
+    if ctx.started_ray:
+        ray.shutdown()
+    ctx.log.info("left job %r in %.2f s", ctx.job_name, time.monotonic() - started)
+    if failures:
+        if ctx.sending_failure_handler is not None:
+            ctx.sending_failure_handler(_cause(failures[0]))
+        if ctx.config.comm.exit_on_sending_failure:
+            raise SystemExit(1)
+
+
+def get(fed_objects: Any) -> Any:
+    """The value(s) of fed object(s); the owner pushes them to every party calling this.
+
+    Inside a task, nested arguments arrive as Ray ObjectRefs: `fed.get` resolves
+    those too.
+    """
+    if isinstance(fed_objects, ray.ObjectRef):
+        return ray.get(fed_objects)
+    if isinstance(fed_objects, list) and fed_objects and all(
+        isinstance(o, ray.ObjectRef) for o in fed_objects
+    ):
+        return ray.get(fed_objects)
+    ctx = _context.get()
+    single = isinstance(fed_objects, FedObject)
+    items = [fed_objects] if single else list(fed_objects)
+    for item in items:
+        if not isinstance(item, FedObject):
+            raise FedError(f"fed.get takes FedObjects (or a list of them), got {type(item).__name__}")
+    seq_id = ctx.next_seq_id()
+    refs = []
+    for obj in items:
+        for dst in ctx.config.parties:
+            if dst != obj.get_party():
+                route(ctx, obj, dst, seq_id, "fed.get")
+        refs.append(obj._ref if obj.get_party() == ctx.party else obj._received[ctx.party])
+    try:
+        values = ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = _cause(exc)
+        if isinstance(cause, FedError):
+            raise cause.with_traceback(None) from None
+        raise
+    return values[0] if single else values
+
+
+def kill(actor: FedActorHandle, *, no_restart: bool = True) -> None:
+    """Kill a fed actor in the party that owns it (other parties do nothing)."""
+    ctx = _context.get()
+    if not isinstance(actor, FedActorHandle):
+        raise FedError(f"fed.kill takes a fed actor handle, got {type(actor).__name__}")
+    if ctx.executes(actor.get_party()):
+        ray.kill(actor._ray_handle, no_restart=no_restart)
+
+
+def stats() -> dict[str, Any]:
+    """Channel counters of this party: values and bytes per peer, retries, refusals."""
+    return _context.get().transport.stats()
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user-facing error inside Ray's wrappers."""
+    seen = 0
+    while isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None and seen < 10:
+        exc = exc.cause
+        seen += 1
+    return exc
+
+
+logging.getLogger(_log.LOGGER_NAME).addHandler(logging.NullHandler())

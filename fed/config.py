@@ -1,0 +1,275 @@
+"""Typed configuration, parsed and validated once in `fed.init`.
+
+Accepts both address forms RayFed users know (the seed README's ``cluster`` dict and
+the newer ``addresses`` dict) and RayFed's ``config`` keys. Unknown keys are an
+error with a did-you-mean, never silently ignored.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from fed.errors import FedConfigError
+
+ADDRESSES_ENV = "RAYFED_ADDRESSES"
+MODE_ENV = "RAYFED_MODE"
+TLS_DIR_ENV = "RAYFED_TLS_DIR"
+
+MODES = ("production", "simulation")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A ``host:port`` pair; ``host`` may be an IPv6 literal (written ``[::1]:port``)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str) -> "Address":
+        if not isinstance(text, str) or not text:
+            raise FedConfigError(f"{what}: expected 'host:port', got {text!r}")
+        raw = text
+        for scheme in ("tcp://", "tls://", "http://", "https://", "grpc://"):
+            if raw.startswith(scheme):
+                raw = raw[len(scheme):]
+        if raw.startswith("["):
+            host, sep, port = raw[1:].partition("]:")
+        else:
+            host, sep, port = raw.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FedConfigError(
+                f"{what}: expected 'host:port' with a port in 1..65535, got {text!r}"
+            )
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PartyAddress:
+    """Where peers reach a party, and where that party listens (defaults to the same)."""
+
+    address: Address
+    listen: Address
+
+
+@dataclass
+class CrossSiloCommConfig:
+    """RayFed's ``config["cross_silo_comm"]`` keys, plus rayfed's own channel settings.
+
+    Times are in milliseconds where RayFed used milliseconds, seconds otherwise.
+    """
+
+    timeout_in_ms: int = 60000
+    messages_max_size_in_bytes: Optional[int] = None
+    exit_on_sending_failure: bool = False
+    continue_waiting_for_data_sending_on_error: bool = False
+    serializing_allowed_list: Any = None
+    expose_error_trace: bool = False
+    max_concurrency: Optional[int] = None
+    send_resource_label: Optional[dict] = None
+    recv_resource_label: Optional[dict] = None
+    proxy_max_restarts: Optional[int] = None
+    # RayFed keys that have no meaning for the TCP channel: accepted, documented as no-ops.
+    use_global_proxy: Optional[bool] = None
+    http_header: Optional[dict] = None
+    grpc_channel_options: Optional[list] = None
+    grpc_retry_policy: Optional[dict] = None
+    # rayfed's own settings.
+    chunk_size_in_bytes: int = 4 * 1024 * 1024
+    connections_per_peer: int = 4
+    peer_timeout_s: float = 10.0
+    startup_timeout_s: float = 60.0
+    shutdown_flush_timeout_s: float = 30.0
+    listen_all_interfaces: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CrossSiloCommConfig":
+        data = dict(data or {})
+        _reject_unknown(data, [f.name for f in fields(cls)], "config['cross_silo_comm']")
+        cfg = cls(**data)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        positive = {
+            "timeout_in_ms": self.timeout_in_ms,
+            "chunk_size_in_bytes": self.chunk_size_in_bytes,
+            "connections_per_peer": self.connections_per_peer,
+            "peer_timeout_s": self.peer_timeout_s,
+            "startup_timeout_s": self.startup_timeout_s,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise FedConfigError(
+                    f"config['cross_silo_comm']['{name}'] must be a positive number, got {value!r}"
+                )
+        limit = self.messages_max_size_in_bytes
+        if limit is not None and (not isinstance(limit, int) or limit <= 0):
+            raise FedConfigError(
+                "config['cross_silo_comm']['messages_max_size_in_bytes'] must be a positive "
+                f"int or None (no limit), got {limit!r}"
+            )
+
+
+TOP_LEVEL_KEYS = ("cross_silo_comm", "barrier_on_initializing")
+
+
+@dataclass
+class FedConfig:
+    """Everything `fed.init` decided, in one immutable-by-convention record."""
+
+    party: str
+    job_name: str
+    parties: dict[str, PartyAddress]
+    mode: str = "production"
+    comm: CrossSiloCommConfig = field(default_factory=CrossSiloCommConfig)
+    barrier_on_initializing: bool = False
+    tls: Optional[dict] = None
+
+    @property
+    def peers(self) -> list[str]:
+        return [p for p in self.parties if p != self.party]
+
+
+def _reject_unknown(data: Mapping[str, Any], known: list[str], where: str) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise FedConfigError(
+                f"unknown key {key!r} in {where}.{hint} Known keys: {', '.join(sorted(known))}."
+            )
+
+
+def _parse_party_entry(name: str, entry: Any, listen_all: bool) -> PartyAddress:
+    if isinstance(entry, str):
+        address, listen = entry, None
+    elif isinstance(entry, Mapping):
+        _reject_unknown(entry, ["address", "listen_addr"], f"cluster[{name!r}]")
+        if "address" not in entry:
+            raise FedConfigError(f"cluster[{name!r}] needs an 'address': 'host:port'")
+        address, listen = entry["address"], entry.get("listen_addr")
+    else:
+        raise FedConfigError(
+            f"the address of party {name!r} must be 'host:port' or "
+            f"{{'address': 'host:port'}}, got {entry!r}"
+        )
+    addr = Address.parse(address, f"address of party {name!r}")
+    if listen is not None:
+        listen_addr = Address.parse(listen, f"listen_addr of party {name!r}")
+    elif listen_all:
+        listen_addr = Address("0.0.0.0", addr.port)
+    else:
+        listen_addr = Address(_listen_host_for(addr.host), addr.port)
+    return PartyAddress(addr, listen_addr)
+
+
+def _listen_host_for(host: str) -> str:
+    """Listen on the configured address itself when it is local, never on all interfaces."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return host  # a DNS name: bind to what it resolves to
+
+
+def resolve_addresses(addresses: Any, cluster: Any) -> Mapping[str, Any]:
+    """Pick the address map from the arguments, or from ``RAYFED_ADDRESSES`` set by `fed run`."""
+    if addresses is not None and cluster is not None:
+        raise FedConfigError("pass either addresses= or cluster= to fed.init, not both")
+    chosen = addresses if addresses is not None else cluster
+    if chosen is None:
+        env = os.environ.get(ADDRESSES_ENV)
+        if not env:
+            raise FedConfigError(
+                "fed.init needs the parties' addresses: pass addresses={'alice': "
+                "'127.0.0.1:11010', ...} (or cluster=...), or start the script with "
+                f"`fed run`, which sets {ADDRESSES_ENV}"
+            )
+        try:
+            chosen = json.loads(env)
+        except ValueError as exc:
+            raise FedConfigError(f"{ADDRESSES_ENV} is not valid JSON: {exc}") from None
+    if not isinstance(chosen, Mapping) or not chosen:
+        raise FedConfigError(f"the parties' addresses must be a non-empty dict, got {chosen!r}")
+    return chosen
+
+
+def build_config(
+    *,
+    party: Optional[str],
+    addresses: Any,
+    cluster: Any,
+    config: Optional[Mapping[str, Any]],
+    tls_config: Optional[Mapping[str, Any]],
+    job_name: Optional[str],
+    mode: Optional[str],
+) -> FedConfig:
+    """Validate every argument of `fed.init` and return the typed result."""
+    config = dict(config or {})
+    _reject_unknown(config, list(TOP_LEVEL_KEYS), "fed.init(config=...)")
+    comm = CrossSiloCommConfig.from_dict(config.get("cross_silo_comm"))
+    barrier = config.get("barrier_on_initializing", False)
+    if not isinstance(barrier, bool):
+        raise FedConfigError(f"config['barrier_on_initializing'] must be a bool, got {barrier!r}")
+
+    mode = mode or os.environ.get(MODE_ENV) or "production"
+    if mode not in MODES:
+        raise FedConfigError(f"mode must be one of {MODES}, got {mode!r}")
+
+    raw = resolve_addresses(addresses, cluster)
+    parties: dict[str, PartyAddress] = {}
+    for name, entry in raw.items():
+        if not isinstance(name, str) or not name or not name.isprintable() or "/" in name:
+            raise FedConfigError(f"party names must be non-empty printable strings, got {name!r}")
+        parties[name] = _parse_party_entry(name, entry, comm.listen_all_interfaces)
+    if party is None:
+        party = os.environ.get("RAYFED_PARTY")
+    if not party:
+        raise FedConfigError(f"fed.init needs party=, one of {sorted(parties)}")
+    if party not in parties:
+        close = difflib.get_close_matches(party, list(parties), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FedConfigError(f"party {party!r} is not among the addresses {sorted(parties)}.{hint}")
+    if job_name is None:
+        job_name = "anonymous"
+    if not isinstance(job_name, str) or not job_name or not job_name.isprintable():
+        raise FedConfigError(f"job_name must be a non-empty printable string, got {job_name!r}")
+
+    tls = dict(tls_config) if tls_config else None
+    if tls is None and os.environ.get(TLS_DIR_ENV):
+        tls_dir = os.environ[TLS_DIR_ENV]
+        tls = {
+            "ca_cert": os.path.join(tls_dir, "ca.crt"),
+            "cert": os.path.join(tls_dir, f"{party}.crt"),
+            "key": os.path.join(tls_dir, f"{party}.key"),
+        }
+    if tls is not None:
+        _reject_unknown(tls, ["ca_cert", "cert", "key", "verify_party"], "tls_config")
+        for key in ("ca_cert", "cert", "key"):
+            if not tls.get(key):
+                raise FedConfigError(
+                    f"tls_config needs {key!r} (a file path); got keys {sorted(tls)}. "
+                    "`fed certs` creates a development set."
+                )
+            if isinstance(tls[key], str) and not os.path.exists(tls[key]):
+                raise FedConfigError(f"tls_config[{key!r}]: no such file {tls[key]!r}")
+
+    return FedConfig(
+        party=party,
+        job_name=job_name,
+        parties=parties,
+        mode=mode,
+        comm=comm,
+        barrier_on_initializing=barrier,
+        tls=tls,
+    )

@@ -1,0 +1,276 @@
+"""Remote functions, actor classes and handles: the multi-controller rule.
+
+Every party runs every `.remote()` call and draws its sequence id; only the party a
+call is pinned to submits it to Ray. For each argument produced in another party,
+the producer pushes the value (once per destination) and the consumer waits on a
+receive barrier. `.party()` and `.options()` return new objects, so they never leak
+into later calls.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import ray
+
+from fed import _context
+from fed.errors import FedConfigError, FedError
+from fed.object import FedObject
+from fed.transport.base import MessageKey
+from fed.tree import map_leaves
+
+_CLASS_ONLY_OPTIONS = {"max_restarts", "max_task_retries", "max_concurrency", "lifetime",
+                       "name", "namespace", "get_if_exists", "concurrency_groups"}
+
+
+def _is_fed(value: Any) -> bool:
+    return isinstance(value, FedObject)
+
+
+def _call_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
+def _check_party(party: Any) -> str:
+    ctx = _context.get()
+    if party not in ctx.config.parties:
+        raise FedConfigError(
+            f"unknown party {party!r}: this job's parties are {sorted(ctx.config.parties)}"
+        )
+    return party
+
+
+def _num_returns(options: dict[str, Any]) -> int:
+    n = options.get("num_returns", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise FedConfigError(
+            f"num_returns must be a fixed non-negative int in rayfed (every party must know "
+            f"how many values a call returns), got {n!r}"
+        )
+    return n
+
+
+def prepare_args(
+    call_party: str, seq_id: int, call: str, args: tuple, kwargs: dict
+) -> tuple[tuple, dict]:
+    """Push what peers need and swap fed objects for Ray refs this party can use.
+
+    Top-level fed objects become refs that Ray resolves to values; nested ones stay
+    refs (the task resolves them with `fed.get`), as in RayFed.
+    """
+    ctx = _context.get()
+
+    def to_ref(obj: FedObject) -> Optional["ray.ObjectRef"]:
+        return route(ctx, obj, call_party, seq_id, call)
+
+    new_args = tuple(map_leaves(a, _is_fed, to_ref) for a in args)
+    new_kwargs = {k: map_leaves(v, _is_fed, to_ref) for k, v in kwargs.items()}
+    return new_args, new_kwargs
+
+
+def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ray.ObjectRef"]:
+    """Move `obj` to party `dst` (once) if it lives elsewhere.
+
+    Returns the ref `dst` uses for it when this process executes `dst`'s calls, else
+    None. Every party takes the same decisions here, so message ordinals agree.
+    """
+    src = obj.get_party()
+    if src == dst:
+        return obj._ref if ctx.executes(dst) else None
+    if dst not in obj._sent_to:
+        obj._sent_to.add(dst)
+        key = MessageKey(
+            job=ctx.job_name, src=src, dst=dst, ordinal=ctx.next_ordinal(src, dst),
+            producer_seq=obj._seq_id, producer_index=obj._index, producer_call=obj.call,
+            consumer_seq=seq_id, consumer_call=call,
+        )
+        if ctx.executes(src):
+            ctx.transport.send(key, obj._ref)
+        if ctx.executes(dst):
+            obj._received[dst] = ctx.transport.receive(key)
+    return obj._received.get(dst) if ctx.executes(dst) else None
+
+
+def _wrap_results(party: str, seq_id: int, call: str, result: Any, n: int) -> Any:
+    """FedObject(s) for a call's outputs; `result` is the Ray ref(s) or None when skipped."""
+    if n == 1:
+        return FedObject(party, seq_id, call, result)
+    refs = list(result) if result is not None else [None] * n
+    return [FedObject(party, seq_id, call, refs[i], index=i) for i in range(n)]
+
+
+class FedRemoteFunction:
+    """A function decorated with `@fed.remote`; call `.party(p).remote(...)`."""
+
+    def __init__(self, func: Callable, options: dict[str, Any], party: Optional[str] = None):
+        self._func = func
+        self._options = options
+        self._party = party
+        self._ray_func = None  # the ray.remote wrapper, made once per decorated function
+        self._call = _call_name(func)
+
+    def _derive(self, party: Optional[str], options: dict[str, Any]) -> "FedRemoteFunction":
+        clone = FedRemoteFunction.__new__(FedRemoteFunction)
+        clone.__dict__.update(self.__dict__)
+        clone._party, clone._options = party, options
+        clone._root = getattr(self, "_root", self)
+        return clone
+
+    def party(self, party: str) -> "FedRemoteFunction":
+        """The same function pinned to `party` (this object is unchanged)."""
+        return self._derive(party, self._options)
+
+    def options(self, **options: Any) -> "FedRemoteFunction":
+        """The same function with Ray options (e.g. num_returns, num_cpus) added."""
+        return self._derive(self._party, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if self._party is None:
+            raise FedConfigError(
+                f"{self._call} has no party: call {self._func.__name__}.party('alice')"
+                ".remote(...) or decorate it with @fed.remote(party='alice')"
+            )
+        ctx = _context.get()
+        party = _check_party(self._party)
+        n = _num_returns(self._options)
+        seq_id = ctx.next_seq_id()
+        args, kwargs = prepare_args(party, seq_id, self._call, args, kwargs)
+        result = None
+        if ctx.executes(party):
+            root = getattr(self, "_root", self)
+            if root._ray_func is None:
+                root._ray_func = ray.remote(self._func)
+            fn = root._ray_func.options(**self._options) if self._options else root._ray_func
+            result = fn.remote(*args, **kwargs)
+        return _wrap_results(party, seq_id, self._call, result, n)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise FedError(
+            f"{self._call} is a fed remote function: call it with "
+            f".party(name).remote(...), not directly"
+        )
+
+
+class FedRemoteClass:
+    """A class decorated with `@fed.remote`; `.party(p).remote(...)` creates the actor."""
+
+    def __init__(self, cls: type, options: dict[str, Any], party: Optional[str] = None):
+        self._cls = cls
+        self._options = options
+        self._party = party
+        self._ray_cls = None
+        self._call = _call_name(cls)
+
+    def _derive(self, party: Optional[str], options: dict[str, Any]) -> "FedRemoteClass":
+        clone = FedRemoteClass.__new__(FedRemoteClass)
+        clone.__dict__.update(self.__dict__)
+        clone._party, clone._options = party, options
+        clone._root = getattr(self, "_root", self)
+        return clone
+
+    def party(self, party: str) -> "FedRemoteClass":
+        return self._derive(party, self._options)
+
+    def options(self, **options: Any) -> "FedRemoteClass":
+        return self._derive(self._party, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> "FedActorHandle":
+        if self._party is None:
+            raise FedConfigError(
+                f"{self._call} has no party: call {self._cls.__name__}.party('alice')"
+                ".remote(...) or decorate it with @fed.remote(party='alice')"
+            )
+        ctx = _context.get()
+        party = _check_party(self._party)
+        seq_id = ctx.next_seq_id()
+        call = f"{self._call}.__init__"
+        args, kwargs = prepare_args(party, seq_id, call, args, kwargs)
+        handle = None
+        if ctx.executes(party):
+            root = getattr(self, "_root", self)
+            if root._ray_cls is None:
+                root._ray_cls = ray.remote(self._cls)
+            cls = root._ray_cls.options(**self._options) if self._options else root._ray_cls
+            handle = cls.remote(*args, **kwargs)
+        return FedActorHandle(party, seq_id, self._cls, self._call, handle)
+
+
+class FedActorHandle:
+    """A fed actor in some party; `handle.method.remote(...)` runs there."""
+
+    def __init__(self, party: str, seq_id: int, cls: type, call: str, ray_handle: Any):
+        self._party = party
+        self._seq_id = seq_id
+        self._cls = cls
+        self._call = call
+        self._ray_handle = ray_handle
+
+    def get_party(self) -> str:
+        return self._party
+
+    def __getattr__(self, name: str) -> "FedActorMethod":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        member = inspect.getattr_static(self._cls, name, None)
+        if member is None or not callable(getattr(self._cls, name, None)):
+            raise AttributeError(f"{self._cls.__name__} fed actor has no method {name!r}")
+        return FedActorMethod(self, name, {})
+
+    def __repr__(self) -> str:
+        return f"FedActorHandle({self._call}, party={self._party!r}, id={self._seq_id})"
+
+
+class FedActorMethod:
+    """`handle.method`; `.options(num_returns=2)` returns a new method object."""
+
+    def __init__(self, handle: FedActorHandle, name: str, options: dict[str, Any]):
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def options(self, **options: Any) -> "FedActorMethod":
+        return FedActorMethod(self._handle, self._name, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = _context.get()
+        handle = self._handle
+        n = _num_returns(self._options)
+        seq_id = ctx.next_seq_id()
+        call = f"{handle._call}.{self._name}"
+        args, kwargs = prepare_args(handle._party, seq_id, call, args, kwargs)
+        result = None
+        if ctx.executes(handle._party):
+            method = getattr(handle._ray_handle, self._name)
+            if self._options:
+                method = method.options(**self._options)
+            result = method.remote(*args, **kwargs)
+        return _wrap_results(handle._party, seq_id, call, result, n)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise FedError(f"call fed actor methods with .remote(...): {self._name}.remote(...)")
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """`@fed.remote`, `@fed.remote(num_cpus=1)` or `@fed.remote(party="bob")`."""
+    if len(args) == 1 and not kwargs and (inspect.isfunction(args[0]) or inspect.isclass(args[0])
+                                          or callable(args[0])):
+        return _make(args[0], {}, None)
+    if args:
+        raise FedConfigError("@fed.remote takes keyword options only, e.g. @fed.remote(num_cpus=1)")
+    party = kwargs.pop("party", None)
+    if party is not None and not isinstance(party, str):
+        raise FedConfigError(f"@fed.remote(party=...) must be a party name, got {party!r}")
+
+    def decorate(obj: Any) -> Any:
+        return _make(obj, dict(kwargs), party)
+
+    return decorate
+
+
+def _make(obj: Any, options: dict[str, Any], party: Optional[str]) -> Any:
+    if inspect.isclass(obj):
+        return FedRemoteClass(obj, options, party)
+    if callable(obj):
+        return FedRemoteFunction(obj, options, party)
+    raise FedConfigError(f"@fed.remote decorates functions and classes, not {type(obj).__name__}")

@@ -1,0 +1,1 @@
+"""How bytes cross a party boundary. `base` defines the interface; one backend per module."""

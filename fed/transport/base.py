@@ -1,0 +1,83 @@
+"""The Transport interface: send a value to a peer, wait for a value from a peer.
+
+The driver only talks to this interface; a backend (TCP/TLS, in-process, a future
+gRPC or gateway relay) is one module implementing it.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """Identifies one value crossing from `src` to `dst` and says which calls it joins.
+
+    ``ordinal`` numbers the values on the (src, dst) channel; every party computes it
+    at the same program point, so it is the message's identity. The producer and
+    consumer fields are the *call fingerprints* both sides compare: if they differ,
+    the parties' code diverged and both get a divergence error naming the calls.
+    """
+
+    job: str
+    src: str
+    dst: str
+    ordinal: int
+    producer_seq: int
+    producer_index: int
+    producer_call: str
+    consumer_seq: int
+    consumer_call: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MessageKey":
+        return cls(**data)
+
+    def producer(self) -> str:
+        return f"{self.producer_call} (call #{self.producer_seq}, return {self.producer_index})"
+
+    def consumer(self) -> str:
+        return f"{self.consumer_call} (call #{self.consumer_seq})"
+
+    def same_calls(self, other: "MessageKey") -> bool:
+        return (
+            self.producer_seq == other.producer_seq
+            and self.producer_index == other.producer_index
+            and self.producer_call == other.producer_call
+            and self.consumer_seq == other.consumer_seq
+            and self.consumer_call == other.consumer_call
+        )
+
+
+class Transport(abc.ABC):
+    """What the driver needs from a channel backend."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start listening and sending; return when this party can receive."""
+
+    @abc.abstractmethod
+    def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
+        """Push the value behind `ref` (when ready) to `key.dst`. Never blocks the driver."""
+
+    @abc.abstractmethod
+    def receive(self, key: MessageKey) -> "ray.ObjectRef":
+        """A ref that resolves to the value `key.src` pushes for `key` (the receive barrier)."""
+
+    @abc.abstractmethod
+    def wait_for_peers(self, timeout_s: float) -> None:
+        """Return when every peer answers, or raise naming the missing ones."""
+
+    @abc.abstractmethod
+    def stop(self, flush_timeout_s: float) -> None:
+        """Flush pending sends (bounded), tell peers we are done, free every resource."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters a user can read: values and bytes per peer, retries, refusals."""
+        return {}
