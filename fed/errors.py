@@ -28,7 +28,7 @@ def _fields_of(cls: type) -> tuple[str, ...]:
 
 
 def _rebuild_error(cls, args, state):
-    err = Exception.__new__(cls)
+    err = cls.__new__(cls)
     err.args = args
     err.__dict__.update(state)
     return err

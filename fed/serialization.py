@@ -410,7 +410,7 @@ _DANGEROUS_MODULES = frozenset(
     {
         "builtins", "os", "posix", "nt", "subprocess", "sys", "importlib", "shutil",
         "socket", "pty", "runpy", "code", "codeop", "ctypes", "pickle", "_pickle",
-        "marshal", "types", "functools", "operator", "io", "_io", "pathlib",
+        "marshal", "types", "operator", "io", "_io", "pathlib",
         "tempfile", "multiprocessing", "webbrowser", "signal", "asyncio", "threading",
         "_thread", "inspect", "pdb", "shelve", "dill", "joblib",
     }
@@ -440,7 +440,7 @@ _ALLOW_ALL_EXAMPLE = (
 def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDeserializationRefused:
     """The error for a global the allowlist does not admit, with a hint that fixes it."""
     type_name = _shorten(f"{module}.{name}")
-    top = module.split(".", 1)[0]
+    origins = [module] + ([defined_in] if defined_in is not None else [])
     if module.startswith(_CODE_MODULE_PREFIXES):
         hint = (
             "The value carries code serialized by value (a lambda, a nested function, or a "
@@ -450,7 +450,7 @@ def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDes
             f"{_config_example('mymodule.MyClass')}; or, only if you trust every peer, "
             f"disable the restriction with {_ALLOW_ALL_EXAMPLE}."
         )
-    elif top in _DANGEROUS_MODULES or module in _DANGEROUS_MODULES:
+    elif any(origin.split(".", 1)[0] in _DANGEROUS_MODULES for origin in origins):
         hint = (
             f"{type_name!r} can run code or act on this machine, so it is never admitted by "
             "default and should not be added to the allowlist; a well-behaved peer does not "
@@ -561,7 +561,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise FedDeserializationRefused(
                 type_name=_shorten(tampered),
                 hint=(
-                    "loading the pickle changed attributes of this class or function in the "
+                    "Loading the pickle changed attributes of this class or function in the "
                     "receiving process (a pickle can apply BUILD to a global to monkeypatch "
                     "it); the change was undone. Values must not modify their own class "
                     "while being unpickled."

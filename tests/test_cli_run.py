@@ -87,11 +87,11 @@ SLEEPER = """
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]),
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True),
     ]
+    print("sleeping", party, flush=True)
     tmp = os.path.join(pid_dir, party + ".tmp")
     with open(tmp, "w") as f:
         json.dump([os.getpid()] + [k.pid for k in kids], f)
     os.rename(tmp, os.path.join(pid_dir, party + ".json"))
-    print("sleeping", party, flush=True)
     time.sleep(600)
 """
 

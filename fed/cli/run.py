@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Optional, Sequence
 
+try:  # light (~10 ms); finds grandchildren that left the party's process group
+    import psutil
+except ImportError:  # pragma: no cover - psutil is optional; fall back to process groups only
+    psutil = None  # type: ignore[assignment]
+
 from fed.cli import UsageError
 from fed.cli.certs import (
     CA_CERT_FILE,
@@ -183,8 +188,8 @@ class _Supervisor:
         Walks down from the running parties *and* from already-tracked live
         processes, so e.g. workers a re-parented raylet starts later are found too.
         """
-        import psutil
-
+        if psutil is None:
+            return
         roots = {p.proc.pid for p in self.parties if p.running}
         roots.update(pid for pid, proc in self.tracked.items() if self._alive(proc))
         if not roots:
@@ -204,8 +209,8 @@ class _Supervisor:
 
     def _session_members(self) -> list[Any]:
         """Processes still in a party's session/process group (catches re-parented orphans)."""
-        import psutil
-
+        if psutil is None:
+            return []
         ids = {p.proc.pid for p in self.parties}
         me = os.getpid()
         found = []
@@ -222,8 +227,6 @@ class _Supervisor:
 
     @staticmethod
     def _alive(proc: Any) -> bool:
-        import psutil
-
         try:
             return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -237,8 +240,6 @@ class _Supervisor:
         return [p for p in procs.values() if self._alive(p)]
 
     def _send(self, sig: int, others: list[Any]) -> None:
-        import psutil
-
         for p in self.parties:
             if p.proc.returncode is None:  # not reaped, so its pid (= pgid) is not reused
                 try:
@@ -352,6 +353,8 @@ def run_parties(
         raise UsageError(f"--grace must not be negative, got {grace}")
     output = _Output(stdout or sys.stdout, stderr or sys.stderr)
     sup = _Supervisor(output=output, grace=grace)
+    if psutil is None:
+        output.message("psutil is not installed: processes that leave a party's session may survive")
     base_env = dict(os.environ if env is None else env)
 
     old_handlers: dict[int, Any] = {}

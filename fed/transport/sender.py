@@ -118,19 +118,27 @@ class SenderProxy:
         except Exception as exc:
             self._log.warning("could not deliver a notice to %r: %s", peer, exc)
 
-    async def ping_all(self, timeout_s: float) -> list[str]:
-        """Wait until every peer answers a PING; return the ones that did not in time."""
+    async def ping_all(self, timeout_s: float) -> dict[str, str]:
+        """Wait until every peer answers a PING. Returns {peer: why} for the peers that did
+        not answer in time or refused us (a refusal, e.g. another job, ends the wait)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
-        missing = set(self._addresses)
+        missing = {p: "no answer" for p in self._addresses}
         while missing and time.monotonic() < deadline:
+            peers = sorted(missing)
             results = await asyncio.gather(
-                *[loop.run_in_executor(self._pool, self._ping, p, 2.0) for p in sorted(missing)]
+                *[loop.run_in_executor(self._pool, self._ping, p, 2.0) for p in peers]
             )
-            missing -= {p for p, ok in zip(sorted(missing), results) if ok}
+            for peer, (ok, why) in zip(peers, results):
+                if ok:
+                    del missing[peer]
+                else:
+                    missing[peer] = why
+            if any(why.startswith("refused") for why in missing.values()):
+                break
             if missing:
                 await asyncio.sleep(0.2)
-        return sorted(missing)
+        return missing
 
     async def start_heartbeats(self, receiver_name: str) -> None:
         """Watch every peer; tell our receiver when one stays silent past the peer timeout."""
@@ -299,23 +307,22 @@ class SenderProxy:
 
         return self._with_connection(peer, use, deadline)
 
-    def _ping(self, peer: str, timeout_s: float) -> bool:
+    def _ping(self, peer: str, timeout_s: float) -> tuple[bool, str]:
         try:
-            sock = self._connect(peer, timeout_s)
-        except (OSError, wire.PeerClosed, wire.ProtocolError):
-            return False
+            conn = self._connect(peer, timeout_s)
         except FedRefusedError as exc:
-            self._log.warning("party %r refused our connection: %s", peer, exc)
-            return False
+            return False, f"refused: {exc.detail}"
+        except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
+            return False, str(exc) or type(exc).__name__
         try:
-            sock.sock.settimeout(timeout_s)
-            wire.send_control(sock.sock, wire.PING, {})
-            ftype, _ = wire.read_control(sock.sock, 1024)
-            return ftype == wire.PONG
-        except (OSError, wire.PeerClosed, wire.ProtocolError):
-            return False
+            conn.sock.settimeout(timeout_s)
+            wire.send_control(conn.sock, wire.PING, {})
+            ftype, _ = wire.read_control(conn.sock, 1024)
+            return ftype == wire.PONG, "unexpected answer to PING"
+        except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
+            return False, str(exc) or type(exc).__name__
         finally:
-            sock.close()
+            conn.close()
 
     def _bye_one(self, peer: str, sent: int, timeout_s: float) -> None:
         try:
@@ -326,6 +333,7 @@ class SenderProxy:
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
         conns: dict[str, Optional[_Connection]] = {p: None for p in self._addresses}
+        last_error: dict[str, str] = {}
 
         def beat(peer: str) -> bool:
             conn = conns[peer]
@@ -336,7 +344,8 @@ class SenderProxy:
                 wire.send_control(conn.sock, wire.PING, {})
                 ftype, _ = wire.read_control(conn.sock, 1024)
                 return ftype == wire.PONG
-            except Exception:
+            except Exception as exc:
+                last_error[peer] = str(exc) or type(exc).__name__
                 if conn is not None:
                     conn.close()
                 conns[peer] = None
@@ -359,7 +368,8 @@ class SenderProxy:
                     await self._receiver.peer_lost.remote(
                         peer,
                         f"no answer for {silent:.1f} s (peer_timeout_s={self._peer_timeout_s:g}); "
-                        "the process may have died or the network between the parties is cut",
+                        "the process may have died or the network between the parties is cut. "
+                        f"Last error: {last_error.get(peer, 'none')}",
                     )
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
         for conn in conns.values():

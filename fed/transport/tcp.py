@@ -93,10 +93,12 @@ class TcpTransport(Transport):
     def wait_for_peers(self, timeout_s: float) -> None:
         missing = ray.get(self._sender.ping_all.remote(timeout_s))
         if missing:
+            details = "; ".join(f"{peer}: {why}" for peer, why in sorted(missing.items()))
             raise FedPeerUnavailableError(
-                ", ".join(missing),
-                f"not reachable within {timeout_s:g} s of fed.init (barrier_on_initializing); "
-                "start every party, check the addresses, or raise startup_timeout_s",
+                ", ".join(sorted(missing)),
+                f"not ready within {timeout_s:g} s of fed.init (barrier_on_initializing): "
+                f"{details}. Start every party with the same job_name and addresses, or raise "
+                "config['cross_silo_comm']['startup_timeout_s']",
             )
 
     def stop(self, flush_timeout_s: float) -> list[BaseException]:

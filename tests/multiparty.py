@@ -1,0 +1,197 @@
+"""Run a function as N parties, each in its own process with its own Ray cluster.
+
+`run_parties(fn, ["alice", "bob"])` starts one process per party (spawned, in its
+own session so every process Ray starts there can be found and stopped), calls
+``fn(party, addresses, *args)`` in each, and returns each party's result,
+exception and exit code. Ports are free loopback ports picked per call; a timeout
+kills everything that is left.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import psutil
+
+
+@dataclass
+class PartyOutcome:
+    party: str
+    result: Any = None
+    error: Optional[BaseException] = None
+    error_text: str = ""
+    exitcode: Optional[int] = None
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.error_text and self.exitcode == 0
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the kernel hands out now; held open together so they are distinct."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_addresses(parties: list[str]) -> dict[str, str]:
+    return {p: f"127.0.0.1:{port}" for p, port in zip(parties, free_ports(len(parties)))}
+
+
+def start_ray(num_cpus: int = 2, object_store_memory: Optional[int] = None) -> None:
+    """A small local Ray cluster for one party process."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=object_store_memory or 512 * 1024 * 1024,
+        configure_logging=False,
+    )
+
+
+def _child(fn: Callable, party: str, addresses: dict, args: tuple, conn) -> None:
+    os.setsid()
+    started = time.monotonic()
+    try:
+        result = fn(party, addresses, *args)
+        payload = ("ok", result, None, "")
+    except BaseException as exc:  # report everything, including SystemExit
+        text = "".join(traceback.format_exception(exc))
+        try:
+            import pickle
+
+            pickle.dumps(exc)
+            payload = ("err", None, exc, text)
+        except Exception:
+            payload = ("err", None, None, text)
+    try:
+        conn.send((*payload, time.monotonic() - started))
+    except Exception:
+        conn.send(("err", None, None, "unpicklable result", time.monotonic() - started))
+    conn.close()
+    code = 0 if payload[0] == "ok" else 1
+    if isinstance(payload[2], SystemExit) and isinstance(payload[2].code, int):
+        code = payload[2].code
+    os._exit(code)
+
+
+def _kill_session(sid: int) -> None:
+    """Stop every process of a party's session (its Ray cluster included)."""
+    victims = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+                victims.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+
+
+def run_parties(
+    fn: Callable,
+    parties: list[str] | tuple[str, ...] = ("alice", "bob"),
+    *,
+    timeout: float = 120,
+    args: tuple = (),
+    addresses: Optional[dict[str, str]] = None,
+    kill_after: Optional[dict[str, float]] = None,
+) -> dict[str, PartyOutcome]:
+    """Run ``fn(party, addresses, *args)`` in one process per party; wait for all.
+
+    ``kill_after={"bob": 5.0}`` SIGKILLs bob's whole session 5 s after the start
+    (fault tests). Raises TimeoutError (after killing everything) if a party is
+    still running after `timeout` seconds.
+    """
+    parties = list(parties)
+    addresses = addresses or local_addresses(parties)
+    ctx = mp.get_context("spawn")
+    procs, pipes = {}, {}
+    for party in parties:
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(fn, party, addresses, args, send), daemon=False)
+        proc.start()
+        send.close()
+        procs[party], pipes[party] = proc, recv
+    outcomes = {p: PartyOutcome(p) for p in parties}
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    killed: set[str] = set()
+    try:
+        pending = set(parties)
+        while pending and time.monotonic() < deadline:
+            for party in list(pending):
+                if kill_after and party in kill_after and party not in killed and \
+                        time.monotonic() - start >= kill_after[party]:
+                    killed.add(party)
+                    _kill_session(procs[party].pid)
+                pipe = pipes[party]
+                if pipe.poll(0.05):
+                    try:
+                        status, result, error, text, elapsed = pipe.recv()
+                        outcomes[party].result = result
+                        outcomes[party].error = error
+                        outcomes[party].error_text = text if status == "err" else ""
+                        outcomes[party].elapsed_s = elapsed
+                    except EOFError:
+                        pass
+                    pending.discard(party)
+                elif not procs[party].is_alive():
+                    outcomes[party].error_text = outcomes[party].error_text or "process died"
+                    pending.discard(party)
+        for party in parties:
+            procs[party].join(max(0.1, min(30, deadline - time.monotonic())))
+            outcomes[party].exitcode = procs[party].exitcode
+        if pending or any(p.is_alive() for p in procs.values()):
+            raise TimeoutError(
+                f"parties {sorted(pending)} still running after {timeout} s; outcomes: {outcomes}"
+            )
+        return outcomes
+    finally:
+        for proc in procs.values():
+            if proc.pid is not None:
+                _kill_session(proc.pid)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+def describe(outcomes: dict[str, PartyOutcome]) -> str:
+    """Readable summary for assertion messages."""
+    lines = []
+    for o in outcomes.values():
+        lines.append(f"--- {o.party}: exit {o.exitcode}, result {o.result!r}")
+        if o.error_text:
+            lines.append(o.error_text)
+    return "\n".join(lines)
+
+
+def assert_all_ok(outcomes: dict[str, PartyOutcome]) -> None:
+    bad = [o for o in outcomes.values() if not o.ok]
+    if bad:
+        raise AssertionError("some parties failed:\n" + describe(outcomes))
+
+
+__all__ = [
+    "PartyOutcome", "run_parties", "local_addresses", "free_ports", "start_ray",
+    "assert_all_ok", "describe",
+]
