@@ -7,7 +7,10 @@ from fed.errors import (
     FedConfigError,
     FedDeserializationRefused,
     FedDivergenceError,
+    FedEgressDenied,
     FedError,
+    FedIdentityError,
+    FedLimitError,
     FedPeerUnavailableError,
     FedRefusedError,
     FedRemoteError,
@@ -24,4 +27,5 @@ __all__ = [
     "FedError", "FedConfigError", "FedRemoteError", "FedDivergenceError",
     "FedPeerUnavailableError", "FedTransportError", "FedRefusedError",
     "FedSerializationError", "FedDeserializationRefused",
+    "FedIdentityError", "FedLimitError", "FedEgressDenied",
 ]

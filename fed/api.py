@@ -139,6 +139,8 @@ def get(fed_objects: Any) -> Any:
         refs.append(obj._ref if obj.get_party() == ctx.party else obj._received[ctx.party])
     try:
         values = ray.get(refs)
+        if ctx.simulation:  # the other parties run this fed.get too: their copies must arrive
+            ray.get([r for obj in items for p, r in obj._received.items() if p != ctx.party])
     except ray.exceptions.RayTaskError as exc:
         cause = _cause(exc)
         if isinstance(cause, FedError):

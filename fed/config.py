@@ -11,7 +11,7 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 from fed.errors import FedConfigError
 
@@ -88,6 +88,11 @@ class CrossSiloCommConfig:
     startup_timeout_s: float = 60.0
     shutdown_flush_timeout_s: float = 30.0
     listen_all_interfaces: bool = False
+    # Receiver bounds (docs/security.md). A value larger than the per-peer buffer is
+    # still admitted when nothing else from that peer is held, or when it is awaited.
+    max_buffered_bytes_per_peer: Optional[int] = 2 * 1024**3
+    max_header_bytes: int = 1024 * 1024
+    max_frames_per_value: int = 1_000_000
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CrossSiloCommConfig":
@@ -110,15 +115,145 @@ class CrossSiloCommConfig:
                 raise FedConfigError(
                     f"config['cross_silo_comm']['{name}'] must be a positive number, got {value!r}"
                 )
-        limit = self.messages_max_size_in_bytes
-        if limit is not None and (not isinstance(limit, int) or limit <= 0):
-            raise FedConfigError(
-                "config['cross_silo_comm']['messages_max_size_in_bytes'] must be a positive "
-                f"int or None (no limit), got {limit!r}"
-            )
+        for name in ("messages_max_size_in_bytes", "max_buffered_bytes_per_peer"):
+            limit = getattr(self, name)
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+                raise FedConfigError(
+                    f"config['cross_silo_comm']['{name}'] must be a positive "
+                    f"int or None (no limit), got {limit!r}"
+                )
+        for name, floor in (("max_header_bytes", 4096), ("max_frames_per_value", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < floor:
+                raise FedConfigError(
+                    f"config['cross_silo_comm']['{name}'] must be an int >= {floor}, got {value!r}"
+                )
+        from fed.serialization import Allowlist
+
+        Allowlist.from_config(self.serializing_allowed_list)  # bad entries fail in fed.init
 
 
-TOP_LEVEL_KEYS = ("cross_silo_comm", "barrier_on_initializing")
+@dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS between parties (``tls_config`` of `fed.init`).
+
+    ``ca_cert`` is one CA bundle trusted for every peer, or ``{party: bundle}``: then a
+    certificate is the party's whose CA bundle issued it, so parties need not share a
+    CA. ``verify_party`` refuses peers whose certificate names no party (RayFed's one
+    shared certificate) instead of accepting them with a warning.
+    """
+
+    cert: str
+    key: str
+    ca_cert: Union[str, Mapping[str, str]]
+    verify_party: bool = False
+
+    @property
+    def per_party_ca(self) -> bool:
+        return not isinstance(self.ca_cert, str)
+
+    def ca_for(self, party: str) -> str:
+        """The CA bundle that verifies `party`'s certificate."""
+        return self.ca_cert if isinstance(self.ca_cert, str) else self.ca_cert[party]
+
+    def all_cas(self) -> list[str]:
+        return [self.ca_cert] if isinstance(self.ca_cert, str) else sorted(set(self.ca_cert.values()))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], parties: list[str], party: str) -> "TlsConfig":
+        _reject_unknown(data, ["ca_cert", "cert", "key", "verify_party"], "tls_config")
+        for key in ("ca_cert", "cert", "key"):
+            if not data.get(key):
+                raise FedConfigError(
+                    f"tls_config needs {key!r} (a file path); got keys {sorted(data)}. "
+                    "`fed certs` creates a development set."
+                )
+        ca = data["ca_cert"]
+        if isinstance(ca, Mapping):
+            _reject_unknown(ca, parties, "tls_config['ca_cert']")
+            missing = [p for p in parties if p != party and p not in ca]
+            if missing:
+                raise FedConfigError(
+                    f"tls_config['ca_cert'] has no CA bundle for {missing}: with one CA per "
+                    "party every peer needs an entry (or pass one path for all)"
+                )
+            ca = {p: _existing_file(path, f"tls_config['ca_cert'][{p!r}]") for p, path in ca.items()}
+        else:
+            ca = _existing_file(ca, "tls_config['ca_cert']")
+        verify = data.get("verify_party", False)
+        if not isinstance(verify, bool):
+            raise FedConfigError(f"tls_config['verify_party'] must be a bool, got {verify!r}")
+        return cls(
+            cert=_existing_file(data["cert"], "tls_config['cert']"),
+            key=_existing_file(data["key"], "tls_config['key']"),
+            ca_cert=ca,
+            verify_party=verify,
+        )
+
+
+def _existing_file(path: Any, what: str) -> str:
+    """An absolute path (proxy actors may run in another directory) to an existing file."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise FedConfigError(f"{what} must be a file path, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FedConfigError(f"{what}: no such file {path!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class EgressConfig:
+    """What may leave this party (``config["egress"]``, see docs/security.md).
+
+    ``allowed_parties``: the peers values may be sent to (None: every party of the job).
+    ``policy``: ``policy(request: fed.egress.EgressRequest) -> bool`` called in the driver
+    before each send; False (or an exception) vetoes it. ``audit_log``: a JSON-lines file
+    where every value that leaves is recorded (time, job, call, destination, bytes, sha256).
+    """
+
+    allowed_parties: Optional[tuple[str, ...]] = None
+    policy: Optional[Callable[[Any], bool]] = None
+    audit_log: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]], parties: list[str]) -> "EgressConfig":
+        data = dict(data or {})
+        _reject_unknown(data, ["allowed_parties", "policy", "audit_log"], "config['egress']")
+        allowed = data.get("allowed_parties")
+        if allowed is not None:
+            if isinstance(allowed, str) or not isinstance(allowed, (list, tuple, set, frozenset)):
+                raise FedConfigError(
+                    f"config['egress']['allowed_parties'] must be a list of party names, got {allowed!r}"
+                )
+            for name in allowed:
+                if name not in parties:
+                    close = difflib.get_close_matches(str(name), parties, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise FedConfigError(
+                        f"config['egress']['allowed_parties']: {name!r} is not a party of this "
+                        f"job {sorted(parties)}.{hint}"
+                    )
+            allowed = tuple(sorted(set(allowed)))
+        policy = data.get("policy")
+        if policy is not None and not callable(policy):
+            raise FedConfigError(f"config['egress']['policy'] must be callable, got {policy!r}")
+        audit = data.get("audit_log")
+        if audit is not None:
+            if not isinstance(audit, (str, os.PathLike)) or not os.fspath(audit):
+                raise FedConfigError(f"config['egress']['audit_log'] must be a file path, got {audit!r}")
+            audit = os.path.abspath(os.fspath(audit))
+            from fed.audit import AuditLog
+
+            try:  # created now: a log that cannot be written fails fed.init, not a send
+                AuditLog(audit).check_writable()
+            except OSError as exc:
+                raise FedConfigError(
+                    f"config['egress']['audit_log']: cannot append to {audit!r}: {exc.strerror or exc}"
+                ) from None
+        return cls(allowed_parties=allowed, policy=policy, audit_log=audit)
+
+
+TOP_LEVEL_KEYS = ("cross_silo_comm", "barrier_on_initializing", "egress")
 
 
 @dataclass
@@ -131,7 +266,8 @@ class FedConfig:
     mode: str = "production"
     comm: CrossSiloCommConfig = field(default_factory=CrossSiloCommConfig)
     barrier_on_initializing: bool = False
-    tls: Optional[dict] = None
+    tls: Optional[TlsConfig] = None
+    egress: EgressConfig = field(default_factory=EgressConfig)
 
     @property
     def peers(self) -> list[str]:
@@ -245,24 +381,26 @@ def build_config(
     if not isinstance(job_name, str) or not job_name or not job_name.isprintable():
         raise FedConfigError(f"job_name must be a non-empty printable string, got {job_name!r}")
 
-    tls = dict(tls_config) if tls_config else None
-    if tls is None and os.environ.get(TLS_DIR_ENV):
+    raw_tls = dict(tls_config) if tls_config else None
+    if raw_tls is None and os.environ.get(TLS_DIR_ENV):
+        # `fed run --tls`: a `fed certs` directory, whose certificates name their party.
         tls_dir = os.environ[TLS_DIR_ENV]
-        tls = {
+        raw_tls = {
             "ca_cert": os.path.join(tls_dir, "ca.crt"),
             "cert": os.path.join(tls_dir, f"{party}.crt"),
             "key": os.path.join(tls_dir, f"{party}.key"),
+            "verify_party": True,
         }
-    if tls is not None:
-        _reject_unknown(tls, ["ca_cert", "cert", "key", "verify_party"], "tls_config")
-        for key in ("ca_cert", "cert", "key"):
-            if not tls.get(key):
-                raise FedConfigError(
-                    f"tls_config needs {key!r} (a file path); got keys {sorted(tls)}. "
-                    "`fed certs` creates a development set."
-                )
-            if isinstance(tls[key], str) and not os.path.exists(tls[key]):
-                raise FedConfigError(f"tls_config[{key!r}]: no such file {tls[key]!r}")
+    tls = TlsConfig.from_dict(raw_tls, list(parties), party) if raw_tls is not None else None
+    egress = EgressConfig.from_dict(config.get("egress"), list(parties))
+    if comm.serializing_allowed_list == "*":
+        from fed._log import party_logger
+
+        party_logger(party, job_name).warning(
+            "serializing_allowed_list='*': values from other parties are unpickled without "
+            "restriction, so any peer (or anyone reaching this party's port without TLS) can "
+            "run code here. Use an allowlist unless every peer is fully trusted."
+        )
 
     return FedConfig(
         party=party,
@@ -272,4 +410,5 @@ def build_config(
         comm=comm,
         barrier_on_initializing=barrier,
         tls=tls,
+        egress=egress,
     )

@@ -104,6 +104,34 @@ class FedRefusedError(FedTransportError):
         super().__init__(f"message refused ({reason}): {detail}")
 
 
+class FedIdentityError(FedRefusedError):
+    """The other end is not the party it claims (or must be) per its TLS certificate."""
+
+
+class FedLimitError(FedRefusedError):
+    """A value or frame exceeds a limit the receiving party configured."""
+
+
+#: REFUSE reasons and the error type a sender raises for each (others: FedRefusedError).
+_REFUSAL_TYPES = {
+    "identity": FedIdentityError,
+    "spoofed_source": FedIdentityError,
+    "unknown_party": FedIdentityError,
+    "too_large": FedLimitError,
+    "header_too_large": FedLimitError,
+    "too_many_frames": FedLimitError,
+}
+
+
+def refused_error(reason: str, detail: str) -> FedRefusedError:
+    """The typed error for a REFUSE frame, so callers can catch identity vs limit refusals."""
+    return _REFUSAL_TYPES.get(reason, FedRefusedError)(reason, detail)
+
+
+class FedEgressDenied(FedError):
+    """This party's egress policy does not allow a value to leave for a destination."""
+
+
 class FedSerializationError(FedError):
     """A value could not be serialized or deserialized for crossing parties."""
 

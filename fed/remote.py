@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import ray
 
 from fed import _context
+from fed.egress import check_egress
 from fed.errors import FedConfigError, FedError
 from fed.object import FedObject
 from fed.transport.base import MessageKey
@@ -86,10 +87,18 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
             consumer_seq=seq_id, consumer_call=call,
         )
         if ctx.executes(src):
+            check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
             ctx.transport.send(key, obj._ref)
         if ctx.executes(dst):
             obj._received[dst] = ctx.transport.receive(key)
     return obj._received.get(dst) if ctx.executes(dst) else None
+
+
+def _simulation_name(ctx, options: dict[str, Any], party: str, name: str) -> dict[str, Any]:
+    """In simulation, name the Ray task ``party:function`` so errors and logs show the party."""
+    if not ctx.simulation or "name" in options:
+        return options
+    return {**options, "name": f"{party}:{name}"}
 
 
 def _wrap_results(party: str, seq_id: int, call: str, result: Any, n: int) -> Any:
@@ -141,7 +150,8 @@ class FedRemoteFunction:
             root = getattr(self, "_root", self)
             if root._ray_func is None:
                 root._ray_func = ray.remote(self._func)
-            fn = root._ray_func.options(**self._options) if self._options else root._ray_func
+            options = _simulation_name(ctx, self._options, party, self._func.__qualname__)
+            fn = root._ray_func.options(**options) if options else root._ray_func
             result = fn.remote(*args, **kwargs)
         return _wrap_results(party, seq_id, self._call, result, n)
 
@@ -242,8 +252,10 @@ class FedActorMethod:
         result = None
         if ctx.executes(handle._party):
             method = getattr(handle._ray_handle, self._name)
-            if self._options:
-                method = method.options(**self._options)
+            options = _simulation_name(ctx, self._options, handle._party,
+                                       f"{handle._cls.__qualname__}.{self._name}")
+            if options:
+                method = method.options(**options)
             result = method.remote(*args, **kwargs)
         return _wrap_results(handle._party, seq_id, call, result, n)
 

@@ -20,9 +20,12 @@ the transport (frame and message caps).
 from __future__ import annotations
 
 import builtins
+import copyreg
 import io
 import pickle
-import types
+import pickletools
+import sys
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from typing import Any, Iterator, Optional
 
@@ -79,10 +82,6 @@ _NUMPY_NAMES = (
         "numpy.dtype",
         # numpy >= 2 StringDType arrays reconstruct their dtype through this helper.
         "numpy._core._internal._convert_to_stringdtype_kwargs",
-        # Masked arrays.
-        "numpy.ma.core._mareconstruct",
-        "numpy.ma.core.MaskedArray",
-        "numpy.ma.MaskedArray",
     ]
     # numpy.dtypes.* DType classes (numpy >= 1.25), listed one by one: the module
     # also holds a helper that mutates it, which a wildcard would admit.
@@ -351,19 +350,53 @@ def default_allowlist() -> Allowlist:
 
 # --------------------------------------------------------------------------- dumps
 
-_cloudpickle_module: Any = None
+_pickler_cache: tuple[Any, bool] = (None, False)  # (Pickler class, knows numpy)
 
 
-def _cloudpickle() -> Any:
-    """Ray's vendored cloudpickle (ray is a dependency; plain cloudpickle may not be)."""
-    global _cloudpickle_module
-    if _cloudpickle_module is None:
+def _reduce_dtype(dtype: Any) -> tuple:
+    """Pickle a plain numpy dtype as ``numpy.dtype("<f8")``: no state, no BUILD.
+
+    numpy's own reduce adds a state (BUILD opcode); a receiver must check such
+    states in the slow pure-Python unpickler. Plain dtypes (no fields, subarray
+    or metadata) rebuild exactly from their ``str``, which keeps the common
+    "dict of arrays" payload on the fast C unpickler.
+    """
+    if dtype.fields is None and dtype.subdtype is None and dtype.metadata is None:
+        text = dtype.str
+        np = sys.modules["numpy"]
         try:
-            from ray import cloudpickle as module
-        except ImportError:  # pragma: no cover - ray is a declared dependency
-            import cloudpickle as module  # type: ignore[no-redef]
-        _cloudpickle_module = module
-    return _cloudpickle_module
+            rebuilt = np.dtype(text)
+        except TypeError:
+            rebuilt = None
+        if rebuilt is not None and rebuilt == dtype and rebuilt.str == text:
+            return (np.dtype, (text,))
+    return dtype.__reduce__()
+
+
+def _pickler_class() -> Any:
+    """cloudpickle's Pickler plus the dtype reducer (once numpy is imported)."""
+    global _pickler_cache
+    cls, knows_numpy = _pickler_cache
+    np = sys.modules.get("numpy")
+    if cls is not None and (knows_numpy or np is None):
+        return cls
+    try:
+        from ray import cloudpickle
+    except ImportError:  # pragma: no cover - ray is a declared dependency
+        import cloudpickle  # type: ignore[no-redef]
+    table: dict[type, Any] = {}
+    if np is not None:
+        for code in np.typecodes["All"]:
+            table[type(np.dtype(code))] = _reduce_dtype
+    cls = type(
+        "_FedPickler",
+        (cloudpickle.Pickler,),
+        # One flat ChainMap (the C pickler looks it up for every object): ours first,
+        # then cloudpickle's and copyreg's live tables.
+        {"dispatch_table": ChainMap(table, *cloudpickle.Pickler.dispatch_table.maps)},
+    )
+    _pickler_cache = (cls, np is not None)
+    return cls
 
 
 def _type_name(value: object) -> str:
@@ -392,9 +425,11 @@ def dumps(value: object) -> tuple[bytes, list[memoryview]]:
     """
     out_of_band: list[pickle.PickleBuffer] = []
     try:
-        data = _cloudpickle().dumps(
-            value, protocol=PICKLE_PROTOCOL, buffer_callback=out_of_band.append
-        )
+        with io.BytesIO() as file:
+            _pickler_class()(
+                file, protocol=PICKLE_PROTOCOL, buffer_callback=out_of_band.append
+            ).dump(value)
+            data = file.getvalue()
     except Exception as exc:  # PicklingError, TypeError, RecursionError, ...
         raise FedSerializationError(
             f"cannot serialize a value of type {_type_name(value)} for another party: "
@@ -437,7 +472,9 @@ _ALLOW_ALL_EXAMPLE = (
 )
 
 
-def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDeserializationRefused:
+def _refusal(
+    module: str, name: str, defined_in: Optional[str] = None, real_name: Optional[str] = None
+) -> FedDeserializationRefused:
     """The error for a global the allowlist does not admit, with a hint that fixes it."""
     type_name = _shorten(f"{module}.{name}")
     origins = [module] + ([defined_in] if defined_in is not None else [])
@@ -451,8 +488,9 @@ def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDes
             f"disable the restriction with {_ALLOW_ALL_EXAMPLE}."
         )
     elif any(origin.split(".", 1)[0] in _DANGEROUS_MODULES for origin in origins):
+        origin = f" (it is {_shorten(real_name)})" if real_name else ""
         hint = (
-            f"{type_name!r} can run code or act on this machine, so it is never admitted by "
+            f"{type_name!r}{origin} can run code or act on this machine, so it is never admitted by "
             "default and should not be added to the allowlist; a well-behaved peer does not "
             "send it. (Only if every peer is fully trusted: "
             f"{_ALLOW_ALL_EXAMPLE} disables the restriction.)"
@@ -460,7 +498,7 @@ def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDes
     elif defined_in is not None:
         hint = (
             f"'{_shorten(module)}.*' admits only objects defined in {_shorten(module)!r}, but "
-            f"{type_name!r} comes from {_shorten(defined_in)!r}. If you trust it, allow it "
+            f"{type_name!r} is {_shorten(real_name or defined_in)!r}. If you trust it, allow it "
             f"by name: {_config_example(type_name)}."
         )
     else:
@@ -472,101 +510,305 @@ def _refusal(module: str, name: str, defined_in: Optional[str] = None) -> FedDes
     return FedDeserializationRefused(type_name=type_name, hint=hint)
 
 
-_IMMUTABLE_TYPE_FLAG = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE (CPython >= 3.10)
 _NO_MORE = object()
+_copyreg_reconstructor = copyreg._reconstructor
+_RECONSTRUCT_NAMES = frozenset(
+    f"numpy.{core}.multiarray._reconstruct" for core in ("core", "_core")
+)
+_NPY_LIST_PICKLE = 0x02  # dtype flag: items pickled as a list of Python objects
+_NPY_ALIGNED_STRUCT = 0x80
+_NPY_MAXDIMS = 64
 
 
-def _fingerprint(obj: Any) -> Optional[tuple[tuple[Any, Any], ...]]:
-    """What a pickle could change on an admitted class or Python function, or None.
+def _admit(allowlist: Allowlist, module: str, name: str, load: Any) -> Any:
+    """find_class for both unpicklers: check the allowlist *before* importing."""
+    verdict = allowlist._verdict(module, name)
+    if verdict == _REFUSE:
+        raise _refusal(module, name)
+    try:
+        obj = load(module, name)
+    except (ImportError, AttributeError) as exc:
+        raise FedSerializationError(
+            f"{_shorten(module + '.' + name)!r} is allowed but cannot be loaded in this "
+            f"party ({type(exc).__name__}: {exc}); every party needs the same code installed"
+        ) from exc
+    if verdict == _BY_MODULE:
+        defined_in = getattr(obj, "__module__", None)
+        if defined_in != module:
+            real = f"{defined_in}.{getattr(obj, '__qualname__', name)}"
+            raise _refusal(module, name, defined_in=str(defined_in), real_name=real)
+    return obj
 
-    A pickle can push a global (e.g. ``fractions.Fraction``) and apply BUILD to it,
-    which ``setattr``s arbitrary admitted values on the class itself: a
-    process-wide monkeypatch. The fingerprint keeps references to the original
-    attribute values so :func:`_restore` can detect and undo it.
+
+class _NeedsGuard(Exception):
+    """Internal: the fast C unpickler met a global only the guarded one may handle."""
+
+
+def _needs_guard(full_name: str, obj: Any) -> bool:
+    """Globals that must not be called freely: the numpy array constructors.
+
+    ``numpy.ndarray(shape, dtype, buffer, offset)`` reads outside its buffer (a
+    negative offset) or dereferences raw bytes as object pointers, and
+    ``_reconstruct`` returns uninitialized memory; numpy's own pickles only use
+    them in fixed patterns that the guarded unpickler checks.
     """
-    if isinstance(obj, type):
-        if obj.__flags__ & _IMMUTABLE_TYPE_FLAG:
-            return None
-        return tuple(vars(obj).items())
-    if isinstance(obj, types.FunctionType):
-        return tuple(obj.__dict__.items()) + (
-            ("<__defaults__>", obj.__defaults__),
-            ("<__kwdefaults__>", obj.__kwdefaults__),
-            ("<__code__>", obj.__code__),
-        )
-    return None
-
-
-def _unchanged(obj: Any, before: tuple[tuple[Any, Any], ...]) -> bool:
-    after = _fingerprint(obj)
-    return after is not None and len(after) == len(before) and all(
-        ka is kb and va is vb for (ka, va), (kb, vb) in zip(before, after)
-    )
-
-
-def _restore(obj: Any, before: tuple[tuple[Any, Any], ...]) -> None:
-    """Undo attribute changes a pickle made on an admitted class or function."""
-    saved = dict(before)
-    if isinstance(obj, type):
-        for key in [k for k in vars(obj) if k not in saved]:
-            type.__delattr__(obj, key)
-        for key, value in saved.items():
-            if vars(obj).get(key, _NO_MORE) is not value:
-                type.__setattr__(obj, key, value)
-        return
-    obj.__defaults__ = saved.pop("<__defaults__>")
-    obj.__kwdefaults__ = saved.pop("<__kwdefaults__>")
-    obj.__code__ = saved.pop("<__code__>")
-    obj.__dict__.clear()
-    obj.__dict__.update(saved)
+    if full_name in _RECONSTRUCT_NAMES:
+        return True
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(obj, type) and issubclass(obj, np.ndarray)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """C unpickler whose find_class consults the allowlist *before* importing."""
+    """The C unpickler with the allowlist, for pickles that need no further checks.
+
+    Used when the pickle has no BUILD opcode; gives way (``_NeedsGuard``) to
+    :class:`_GuardedUnpickler` as soon as it meets a numpy array constructor.
+    """
 
     def __init__(self, file: io.BytesIO, allowlist: Allowlist, buffers: Iterator[Any]) -> None:
         # fix_imports=False: what we check is exactly what gets imported.
         super().__init__(file, fix_imports=False, buffers=buffers)
         self._allowlist = allowlist
-        self._watched: list[tuple[str, Any, tuple[tuple[Any, Any], ...]]] = []
 
     def find_class(self, module: str, name: str) -> Any:
-        verdict = self._allowlist._verdict(module, name)
-        if verdict == _REFUSE:
-            raise _refusal(module, name)
-        try:
-            obj = super().find_class(module, name)
-        except (ImportError, AttributeError) as exc:
-            raise FedSerializationError(
-                f"{_shorten(module + '.' + name)!r} is allowed but cannot be loaded in this "
-                f"party ({type(exc).__name__}: {exc}); every party needs the same code installed"
-            ) from exc
-        if verdict == _BY_MODULE:
-            defined_in = getattr(obj, "__module__", None)
-            if defined_in != module:
-                raise _refusal(module, name, defined_in=str(defined_in))
-        fingerprint = _fingerprint(obj)
-        if fingerprint is not None:
-            self._watched.append((f"{module}.{name}", obj, fingerprint))
+        obj = _admit(self._allowlist, module, name, super().find_class)
+        if _needs_guard(f"{module}.{name}", obj):
+            raise _NeedsGuard()
         return obj
 
-    def check_untouched(self) -> None:
-        """Raise (after undoing it) if the pickle modified an admitted class/function."""
-        tampered = None
-        for type_name, obj, before in self._watched:
-            if not _unchanged(obj, before):
-                _restore(obj, before)
-                tampered = tampered or type_name
-        if tampered is not None:
+
+def _bad_numpy_state(what: str) -> FedSerializationError:
+    return FedSerializationError(
+        f"malformed pickle from another party: {what} is not one numpy produces (forged?)"
+    )
+
+
+def _dtype_from_state(np: Any, inst: Any, state: Any) -> Any:
+    """Rebuild, with numpy's public constructors, the dtype a BUILD state describes.
+
+    numpy's ``dtype.__setstate__`` trusts its input (a forged state segfaults
+    numpy 2.4), so a state is applied only if it is exactly the state numpy
+    produces for a dtype built this safe way.
+    """
+    if type(state) is not tuple or (state[:1], len(state)) not in (((3,), 8), ((4,), 9)):
+        raise _bad_numpy_state("dtype state")
+    endian, subarray, names, fields, elsize, _alignment, flags = state[1:8]
+    metadata = state[8] if len(state) == 9 else None
+    if endian not in ("<", ">", "|", "=") or type(endian) is not str or type(flags) is not int:
+        raise _bad_numpy_state("dtype state")
+    if subarray is not None:
+        base, shape = subarray if type(subarray) is tuple and len(subarray) == 2 else (None, None)
+        if not isinstance(base, np.dtype) or type(shape) is not tuple or not all(
+            type(n) is int and 0 <= n for n in shape
+        ):
+            raise _bad_numpy_state("dtype subarray")
+        candidate = np.dtype((base, shape))
+    elif names is not None:
+        if type(names) is not tuple or type(fields) is not dict or type(elsize) is not int:
+            raise _bad_numpy_state("structured dtype")
+        formats, offsets, titles = [], [], []
+        for field in names:
+            spec = fields.get(field) if type(field) is str else None
+            if (
+                type(spec) is not tuple
+                or len(spec) not in (2, 3)
+                or not isinstance(spec[0], np.dtype)
+                or type(spec[1]) is not int
+            ):
+                raise _bad_numpy_state("structured dtype field")
+            formats.append(spec[0])
+            offsets.append(spec[1])
+            titles.append(spec[2] if len(spec) == 3 else None)
+        candidate = np.dtype(
+            {"names": list(names), "formats": formats, "offsets": offsets,
+             "titles": titles, "itemsize": elsize},
+            align=bool(flags & _NPY_ALIGNED_STRUCT),
+        )
+    else:
+        candidate = inst
+        if inst.kind in ("m", "M") and len(state) == 9:
+            user_md, unit_md = metadata if type(metadata) is tuple and len(metadata) == 2 else (0, 0)
+            if type(unit_md) is not tuple or len(unit_md) != 4 or type(unit_md[0]) is not bytes:
+                raise _bad_numpy_state("datetime dtype")
+            unit, count = unit_md[0].decode("ascii"), unit_md[1]
+            if type(count) is not int or not unit.isalpha():
+                raise _bad_numpy_state("datetime dtype")
+            candidate = np.dtype(f"{inst.kind}8" if unit == "generic" else f"{inst.kind}8[{count}{unit}]")
+            metadata = user_md
+        if endian in ("<", ">"):
+            candidate = candidate.newbyteorder(endian)
+    if metadata is not None:
+        if type(metadata) is not dict:
+            raise _bad_numpy_state("dtype metadata")
+        candidate = np.dtype(candidate, metadata=metadata)
+    return candidate
+
+
+def _check_array_state(np: Any, state: Any) -> None:
+    """An ndarray BUILD state must be self-consistent (numpy trusts it)."""
+    if type(state) is not tuple or len(state) != 5:
+        raise _bad_numpy_state("array state")
+    version, shape, dtype, is_fortran, raw = state
+    if type(version) is not int or version != 1 or type(is_fortran) is not bool:
+        raise _bad_numpy_state("array state")
+    if type(shape) is not tuple or len(shape) > _NPY_MAXDIMS or not all(
+        type(n) is int and n >= 0 for n in shape
+    ):
+        raise _bad_numpy_state("array shape")
+    if not isinstance(dtype, np.dtype):
+        raise _bad_numpy_state("array dtype")
+    count = 1
+    for n in shape:
+        count *= n
+    if dtype.flags & _NPY_LIST_PICKLE:
+        if type(raw) is not list or len(raw) != count:
+            raise _bad_numpy_state("object array data")
+    elif type(raw) is not bytes or len(raw) != count * dtype.itemsize:
+        raise _bad_numpy_state("array data")
+
+
+class _GuardedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Pure-Python unpickler that also checks what the pickle *does* with globals.
+
+    Used for pickles with BUILD opcodes (applying a state) or numpy array
+    constructors: there a pickle reaches C code that trusts its input, or mutates
+    shared objects, and only the Python unpickler lets us look:
+
+    * BUILD on a global (an admitted class or function) would monkeypatch it
+      process-wide: refused.
+    * numpy ``dtype``/``ndarray`` states are checked before numpy sees them
+      (numpy crashes on forged ones); a state is applied only to a dtype or array
+      this load just created (a dtype is always a copy, never numpy's shared one).
+    * numpy arrays are built only the way numpy pickles them
+      (``_reconstruct(cls, (0,), ...)`` then a checked state, or ``_frombuffer``):
+      calling ``ndarray`` (or a subclass) directly is refused.
+
+    These pickles are the small ones in practice (arrays travel out of band and
+    plain dtypes are pickled without state), so the slower interpreter costs little.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, file: io.BytesIO, allowlist: Allowlist, buffers: Iterator[Any]) -> None:
+        super().__init__(file, fix_imports=False, buffers=buffers)
+        self._allowlist = allowlist
+        self._globals: dict[int, tuple[str, Any]] = {}  # id -> (name, object)
+        self._fresh: dict[int, tuple[Any, Any]] = {}  # id -> (object, dtype spec or None)
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _admit(self._allowlist, module, name, super().find_class)
+        self._globals[id(obj)] = (f"{module}.{name}", obj)
+        return obj
+
+    def _global_name(self, obj: Any) -> str:
+        known = self._globals.get(id(obj))
+        return known[0] if known is not None and known[1] is obj else ""
+
+    @staticmethod
+    def _refuse_array_call(np: Any, cls: Any) -> None:
+        if isinstance(cls, type) and issubclass(cls, np.ndarray):
+            raise FedSerializationError(
+                "malformed pickle from another party: it calls the numpy array constructor "
+                f"{cls.__module__}.{cls.__qualname__} directly, which numpy's pickles never do "
+                "(it can read outside its buffer)"
+            )
+
+    def _load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+        np = sys.modules.get("numpy")
+        if np is None:
+            stack[-1] = func(*args)
+            return
+        if func is np.dtype:
+            # numpy's own dtype pickles: dtype("f8", False, True). Forcing copy=True
+            # keeps BUILD away from numpy's shared builtin dtype singletons.
+            if (
+                type(args) is not tuple
+                or not 1 <= len(args) <= 3
+                or type(args[0]) is not str
+                or not all(type(a) is bool for a in args[1:])
+            ):
+                raise _bad_numpy_state("the numpy.dtype call")
+            obj = np.dtype(args[0], args[1] if len(args) > 1 else False, True)
+            self._fresh[id(obj)] = (obj, args[0])
+        elif self._global_name(func) in _RECONSTRUCT_NAMES:
+            # numpy pickles arrays as _reconstruct(cls, (0,), b"b") + BUILD(state);
+            # any other shape would hand back uninitialized memory.
+            if type(args) is not tuple or len(args) != 3 or args[1] != (0,):
+                raise _bad_numpy_state("the _reconstruct call")
+            obj = func(*args)
+            self._fresh[id(obj)] = (obj, None)
+        else:
+            self._refuse_array_call(np, func)
+            if func is _copyreg_reconstructor and type(args) is tuple and len(args) == 3:
+                self._refuse_array_call(np, args[1])  # base.__new__(cls, state)
+            obj = func(*args)
+        stack[-1] = obj
+
+    def _load_newobj(self) -> None:
+        np = sys.modules.get("numpy")
+        if np is not None and len(self.stack) >= 2:
+            self._refuse_array_call(np, self.stack[-2])
+        pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
+
+    def _load_newobj_ex(self) -> None:
+        np = sys.modules.get("numpy")
+        if np is not None and len(self.stack) >= 3:
+            self._refuse_array_call(np, self.stack[-3])
+        pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST / OBJ opcodes
+        np = sys.modules.get("numpy")
+        if np is not None:
+            self._refuse_array_call(np, klass)
+        super()._instantiate(klass, args)
+
+    def _load_build(self) -> None:
+        stack = self.stack
+        if len(stack) < 2:
+            raise pickle.UnpicklingError("BUILD with an empty stack")
+        inst = stack[-2]
+        name = self._global_name(inst)
+        if name:
             raise FedDeserializationRefused(
-                type_name=_shorten(tampered),
+                type_name=_shorten(name),
                 hint=(
-                    "Loading the pickle changed attributes of this class or function in the "
-                    "receiving process (a pickle can apply BUILD to a global to monkeypatch "
-                    "it); the change was undone. Values must not modify their own class "
-                    "while being unpickled."
+                    "The pickle tries to set attributes on this class or function itself "
+                    "(BUILD applied to a global), which would change it for the whole "
+                    "process. A well-behaved peer never sends this."
                 ),
             )
+        np = sys.modules.get("numpy")
+        if np is None or not isinstance(inst, (np.dtype, np.ndarray, np.generic)):
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+            return
+        if isinstance(inst, np.ndarray) and type(inst).__setstate__ is not np.ndarray.__setstate__:
+            # An admitted subclass with its own __setstate__ (the user vouched for it).
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+            return
+        state = stack.pop()
+        fresh = self._fresh.get(id(inst))
+        if fresh is None or fresh[0] is not inst:
+            raise FedSerializationError(
+                "malformed pickle from another party: it sets the state of a numpy "
+                f"{type(inst).__name__} it did not just create (numpy never does that)"
+            )
+        del self._fresh[id(inst)]  # one state per object, as numpy writes it
+        if isinstance(inst, np.dtype):
+            candidate = _dtype_from_state(np, inst, state)
+            reduced = candidate.__reduce__()
+            if reduced[1][0] != fresh[1] or reduced[2] != state:
+                raise _bad_numpy_state("dtype state")
+        else:
+            _check_array_state(np, state)
+        inst.__setstate__(state)
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
 
 
 def _as_buffer(index: int, buffer: Any) -> Any:
@@ -588,6 +830,125 @@ def _as_buffer(index: int, buffer: Any) -> Any:
             f"out-of-band buffer #{index} is not C-contiguous memory"
         ) from exc
 
+
+# ------------------------------------------------------------ opcode pre-scan
+#
+# CPython < 3.15's C unpickler sizes its memo array from the index in a PUT /
+# LONG_BINPUT opcode and zero-fills it: ten bytes like b"]r\xff\xff\xff\x7f."
+# make it allocate and touch tens of GiB (cpython gh-115952). Length-prefixed
+# opcodes with absurd lengths also make it allocate before noticing the data is
+# short. So before unpickling, walk the opcodes once (cheap next to unpickling,
+# and the pickle is small when arrays travel out of band) and refuse these.
+
+_ARG_INVALID = -1  # in _OPCODE_KINDS; a value >= 0 is the size of a fixed argument
+_ARG_SPECIAL = -2
+
+# Slow-path categories in _OPCODE_SPECIAL.
+_COUNTED, _LINE, _LINE_PAIR, _PUT, _LONG_BINPUT, _FRAME, _STOP, _BUILD = range(8)
+
+
+def _opcode_tables() -> tuple[list[int], dict[int, tuple[int, int, bool]]]:
+    """Opcode byte -> fixed argument size (fast path) or slow-path (category, width, signed)."""
+    kinds = [_ARG_INVALID] * 256
+    special: dict[int, tuple[int, int, bool]] = {}
+    counted = {
+        pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+        pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+        pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+        pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+    }
+    for op in pickletools.opcodes:
+        code = op.code.encode("latin-1")[0]
+        arg = op.arg
+        if arg is None or arg.n >= 0:
+            kinds[code] = 0 if arg is None else arg.n
+            continue
+        kinds[code] = _ARG_SPECIAL
+        if arg.n in counted:
+            special[code] = (_COUNTED, *counted[arg.n])
+        elif arg.name == "stringnl_noescape_pair":  # GLOBAL, INST
+            special[code] = (_LINE_PAIR, 0, False)
+        elif op.name == "PUT":
+            special[code] = (_PUT, 0, False)
+        else:  # UP_TO_NEWLINE
+            special[code] = (_LINE, 0, False)
+    special[pickle.LONG_BINPUT[0]] = (_LONG_BINPUT, 4, False)
+    special[pickle.FRAME[0]] = (_FRAME, 8, False)
+    special[pickle.STOP[0]] = (_STOP, 0, False)
+    special[pickle.BUILD[0]] = (_BUILD, 0, False)
+    for code in (pickle.LONG_BINPUT[0], pickle.FRAME[0], pickle.STOP[0], pickle.BUILD[0]):
+        kinds[code] = _ARG_SPECIAL
+    return kinds, special
+
+
+_OPCODE_KINDS, _OPCODE_SPECIAL = _opcode_tables()
+
+
+def _malformed(what: str, offset: int) -> FedSerializationError:
+    return FedSerializationError(f"malformed pickle from another party: {what} at offset {offset}")
+
+
+def _scan_opcodes(data: bytes) -> tuple[int, bool]:
+    """Validate opcode framing and memo indices.
+
+    Returns the offset just after STOP and whether the pickle has BUILD opcodes.
+
+    A legitimate memo index is below the opcode's offset (each memo entry costs
+    at least one byte), so that is the bound: the memo stays O(len(data)).
+    """
+    kinds = _OPCODE_KINDS
+    special = _OPCODE_SPECIAL
+    size = len(data)
+    pos = 0
+    builds = False
+    while pos < size:
+        kind = kinds[data[pos]]
+        if kind >= 0:  # fast path: no argument or a fixed-size one
+            pos += 1 + kind
+            continue
+        start = pos
+        if kind == _ARG_INVALID:
+            raise _malformed(f"invalid opcode {data[pos]:#04x}", start)
+        category, width, signed = special[data[pos]]
+        pos += 1
+        if category == _COUNTED:
+            if pos + width > size:
+                break
+            length = int.from_bytes(data[pos : pos + width], "little", signed=signed)
+            pos += width
+            if length < 0 or length > size - pos:
+                raise _malformed(f"length {length} exceeds the data", start)
+            pos += length
+        elif category == _BUILD:
+            builds = True
+        elif category == _STOP:
+            return pos, builds
+        elif category == _LONG_BINPUT or category == _FRAME:
+            if pos + width > size:
+                break
+            value = int.from_bytes(data[pos : pos + width], "little")
+            pos += width
+            if category == _LONG_BINPUT and value >= start:
+                raise _malformed(f"memo index {value} out of range", start)
+            if category == _FRAME and value > size - pos:
+                raise _malformed(f"frame of {value} bytes exceeds the data", start)
+        else:  # newline-terminated argument(s)
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            if category == _PUT:
+                try:
+                    index = int(data[pos:end])
+                except ValueError:
+                    raise _malformed("bad PUT index", start) from None
+                if not 0 <= index < start:
+                    raise _malformed(f"memo index {index} out of range", start)
+            elif category == _LINE_PAIR:
+                end = data.find(b"\n", end + 1)
+                if end < 0:
+                    break
+            pos = end + 1
+    raise _malformed("data ends before the STOP opcode", min(pos, size))
 
 
 def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> object:
@@ -616,18 +977,26 @@ def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> 
     except Exception as exc:  # e.g. buffers is not iterable
         raise FedSerializationError(f"bad out-of-band buffers: {type(exc).__name__}: {exc}") from exc
 
-    size = memoryview(data).nbytes
+    if not isinstance(data, bytes):
+        data = bytes(data)  # one copy of the (small) pickle; BytesIO then shares it
+    size = len(data)
     stream = io.BytesIO(data)
     remaining = iter(checked)
     try:
         if allowlist.allow_all:
             value = pickle.Unpickler(stream, buffers=remaining).load()
         else:
-            restricted = _RestrictedUnpickler(stream, allowlist, remaining)
+            end, builds = _scan_opcodes(data)
+            if end != size:
+                raise FedSerializationError(f"{size - end} trailing bytes after the end of the pickle")
             try:
-                value = restricted.load()
-            finally:
-                restricted.check_untouched()
+                if builds:
+                    raise _NeedsGuard()
+                value = _RestrictedUnpickler(stream, allowlist, remaining).load()
+            except _NeedsGuard:
+                stream = io.BytesIO(data)
+                remaining = iter(checked)
+                value = _GuardedUnpickler(stream, allowlist, remaining).load()
     except FedSerializationError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, UnicodeDecodeError, ...

@@ -20,14 +20,19 @@ pytest.importorskip("sklearn", reason="the examples need scikit-learn")
 
 
 def fed_run(script: str, parties: list[str], *script_args: str,
-            timeout: float = 240) -> subprocess.CompletedProcess:
-    """`fed run SCRIPT --parties ...` from the repo root; fails the test on a non-zero exit."""
+            timeout: float = 240, simulate: bool = False) -> subprocess.CompletedProcess:
+    """`fed run SCRIPT --parties ...` from the repo root; fails the test on a non-zero exit.
+
+    With `simulate`, `fed run --simulate`: one process runs every party (its output
+    lines are prefixed `(simulation) `)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for var in ("RAYFED_MODE", "RAYFED_TLS_DIR", "RAYFED_ADDRESSES", "RAYFED_PARTY"):
         env.pop(var, None)  # `fed run` sets the ones it needs; stale values must not leak in
     cmd = [sys.executable, "-m", "fed.cli.main", "run", script, "--parties", ",".join(parties),
            "--timeout", str(int(timeout))]
+    if simulate:
+        cmd.append("--simulate")
     if script_args:
         cmd += ["--", *script_args]
     # The subprocess timeout is a backstop: `fed run --timeout` stops the parties first.
@@ -38,6 +43,19 @@ def fed_run(script: str, parties: list[str], *script_args: str,
         f"--- stdout (tail)\n{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
     )
     return proc
+
+
+_outputs: dict[tuple, str] = {}
+
+
+def example_output(script: str, parties: list[str], *script_args: str,
+                   simulate: bool = False) -> str:
+    """The stdout of a `fed run` of an example; each distinct run happens once per session,
+    so the production and the simulation tests share the production run."""
+    key = (script, tuple(parties), script_args, simulate)
+    if key not in _outputs:
+        _outputs[key] = fed_run(script, parties, *script_args, simulate=simulate).stdout
+    return _outputs[key]
 
 
 def party_lines(stdout: str, party: str, pattern: str) -> list[re.Match]:
@@ -63,16 +81,21 @@ def final_line(stdout: str, party: str, pattern: str) -> tuple[float, ...]:
     return tuple(map(float, lines[0].groups()))
 
 
+ROUND_RE = r"round +(?P<step>\d+)/(?P<total>\d+): test accuracy (?P<value>\d\.\d+)"
+FEDAVG_FINAL_RE = (r"federated accuracy (\d\.\d+) \| centralized (\d\.\d+) "
+                   r"\| gap (-?\d+\.\d) points")
+EPOCH_RE = r"epoch +(?P<step>\d+)/(?P<total>\d+): loss (?P<value>\d+\.\d+)"
+SPLIT_FINAL_RE = r"split learning accuracy (\d\.\d+) \| centralized (\d\.\d+)"
+
+
 @pytest.mark.timeout(300)
 def test_fedavg_matches_centralized_training() -> None:
     parties = ["alice", "bob", "carol"]
     rounds = 15
-    out = fed_run("examples/fedavg.py", parties, "--rounds", str(rounds)).stdout
+    out = example_output("examples/fedavg.py", parties, "--rounds", str(rounds))
 
-    round_re = r"round +(?P<step>\d+)/(?P<total>\d+): test accuracy (?P<value>\d\.\d+)"
-    final_re = r"federated accuracy (\d\.\d+) \| centralized (\d\.\d+) \| gap (-?\d+\.\d) points"
-    accuracies = {p: progress_values(out, p, round_re, rounds) for p in parties}
-    finals = {p: final_line(out, p, final_re) for p in parties}
+    accuracies = {p: progress_values(out, p, ROUND_RE, rounds) for p in parties}
+    finals = {p: final_line(out, p, FEDAVG_FINAL_RE) for p in parties}
 
     # Every party evaluates the same global model on the same test split.
     assert all(accuracies[p] == accuracies["alice"] for p in parties), accuracies
@@ -88,12 +111,10 @@ def test_fedavg_matches_centralized_training() -> None:
 def test_split_learning_is_accurate() -> None:
     parties = ["alice", "bob"]
     epochs = 20
-    out = fed_run("examples/split_learning.py", parties, "--epochs", str(epochs)).stdout
+    out = example_output("examples/split_learning.py", parties, "--epochs", str(epochs))
 
-    epoch_re = r"epoch +(?P<step>\d+)/(?P<total>\d+): loss (?P<value>\d+\.\d+)"
-    final_re = r"split learning accuracy (\d\.\d+) \| centralized (\d\.\d+)"
-    losses = {p: [float(v) for v in progress_values(out, p, epoch_re, epochs)] for p in parties}
-    finals = {p: final_line(out, p, final_re) for p in parties}
+    losses = {p: [float(v) for v in progress_values(out, p, EPOCH_RE, epochs)] for p in parties}
+    finals = {p: final_line(out, p, SPLIT_FINAL_RE) for p in parties}
 
     # bob computes the losses and alice prints what it fetched: the same numbers.
     assert losses["alice"] == losses["bob"], losses
@@ -101,3 +122,31 @@ def test_split_learning_is_accurate() -> None:
     assert finals["alice"] == finals["bob"], finals
     split_acc, central_acc = finals["bob"]
     assert split_acc > 0.9 and central_acc > 0.9, out
+
+
+# ---- the same scripts, unchanged, under `fed run --simulate` --------------------------
+
+
+@pytest.mark.timeout(420)
+def test_fedavg_simulation_gives_the_production_results() -> None:
+    parties, rounds = ["alice", "bob", "carol"], 15
+    args = ("--rounds", str(rounds))
+    sim = example_output("examples/fedavg.py", parties, *args, simulate=True)
+    prod = example_output("examples/fedavg.py", parties, *args)
+    # The simulation runs the script as the first party, alice.
+    assert progress_values(sim, "simulation", ROUND_RE, rounds) == \
+        progress_values(prod, "alice", ROUND_RE, rounds)
+    assert final_line(sim, "simulation", FEDAVG_FINAL_RE) == \
+        final_line(prod, "alice", FEDAVG_FINAL_RE)
+
+
+@pytest.mark.timeout(420)
+def test_split_learning_simulation_gives_the_production_results() -> None:
+    parties, epochs = ["alice", "bob"], 20
+    args = ("--epochs", str(epochs))
+    sim = example_output("examples/split_learning.py", parties, *args, simulate=True)
+    prod = example_output("examples/split_learning.py", parties, *args)
+    assert progress_values(sim, "simulation", EPOCH_RE, epochs) == \
+        progress_values(prod, "alice", EPOCH_RE, epochs)
+    assert final_line(sim, "simulation", SPLIT_FINAL_RE) == \
+        final_line(prod, "alice", SPLIT_FINAL_RE)

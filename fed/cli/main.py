@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from fed.cli import EXIT_USAGE, UsageError
 
 #: Modules providing subcommands, in the order shown by ``fed --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("fed.cli.run", "fed.cli.certs")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("fed.cli.run", "fed.cli.certs", "fed.cli.audit")
 
 _DESCRIPTION = """\
 Tools for rayfed multi-party programs.
@@ -34,6 +34,7 @@ examples:
   fed run train.py --parties alice,bob --tls --timeout 600 -- --epochs 3
   fed run train.py --parties alice,bob --simulate
   fed certs --parties alice,bob --out ./certs
+  fed audit alice-egress.jsonl --summary
 
 Run `fed COMMAND --help` for the options of a command.
 """

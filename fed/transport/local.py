@@ -1,44 +1,118 @@
 """In-process transport for simulation mode: every party in one driver and one Ray cluster.
 
-Values still cross through serialization and the receiver's allowlist (in a Ray
-task), so a value production would refuse is refused here first.
+Values still cross through serialization, the receiver's allowlist and the message
+size limit, so a value production would refuse is refused here first.
+
+The crossings run in one async actor (`_Crossing`): a crossing whose input is not
+ready yet is a suspended coroutine there, not a Ray worker process blocked in
+`ray.get` (which is what a plain task resolving a nested ref would be), so a
+simulation of many parties needs no more processes than its own tasks do. As in
+production, where the receiver proxy's barrier is an async actor method, a failed
+producer makes the crossing raise `FedRemoteError`, so consumer tasks and `fed.get`
+in the other parties see exactly what they would see in production.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections import Counter
+from typing import Any, Optional
 
 import ray
+from ray.exceptions import RayTaskError
 
 from fed import serialization
-from fed.errors import FedDeserializationRefused, FedSerializationError, remote_error_from
 from fed.config import FedConfig
+from fed.errors import (
+    FedDeserializationRefused,
+    FedError,
+    FedRemoteError,
+    FedSerializationError,
+    refused_error,
+    remote_error_from,
+)
 from fed.transport.base import MessageKey, Transport
 
+# Crossings waiting for their input at once; beyond it they queue in the actor (in
+# submission order, so the queue cannot deadlock: a crossing only waits on earlier work).
+_MAX_PENDING_CROSSINGS = 100_000
 
-@ray.remote(num_cpus=0)
-def _cross(key_dict: dict[str, Any], wrapped: list, allowlist: Any, expose: bool) -> Any:
-    """Serialize the value as the sender would, deserialize it as the receiver would."""
-    key = MessageKey.from_dict(key_dict)
-    try:
-        value = ray.get(wrapped[0])
-    except Exception as exc:
-        raise remote_error_from(exc, key.src, key.producer_call, expose) from None
-    try:
-        pickled, buffers = serialization.dumps(value)
-    except FedSerializationError:
-        raise
-    except Exception as exc:
-        raise FedSerializationError(
-            f"cannot serialize {key.producer()} in party {key.src!r} for party {key.dst!r}: {exc}"
-        ) from None
-    try:
-        return serialization.loads(
-            pickled, [bytearray(b) for b in buffers], serialization.Allowlist.from_config(allowlist)
-        )
-    except FedDeserializationRefused as exc:
-        raise FedDeserializationRefused(
-            exc.type_name, f"(party {key.dst!r} receiving {key.producer()}) {exc.hint}"
-        ) from None
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _producer_error(exc: Exception, key: MessageKey) -> FedRemoteError:
+    """The `FedRemoteError` a consumer of a failed producer gets, with the producer's frames.
+
+    A simulation has one owner, so details are never withheld from it; and Ray's text
+    of the failure keeps the user's stack frames, which the unpickled cause has lost.
+    """
+    error = remote_error_from(exc, key.src, key.producer_call, True)
+    if not isinstance(exc, RayTaskError) or isinstance(getattr(exc, "cause", None), FedError):
+        return error  # not the user's code that failed, but rayfed (e.g. an input crossing)
+    trace = _ANSI.sub("", str(exc))
+    return FedRemoteError(key.src, key.producer_call, error.cause_type, error.message, trace)
+
+
+class _Crossing:
+    """Serializes each value as the sender would and deserializes it as the receiver would."""
+
+    def __init__(self, allowlist: Any, max_message_bytes: Optional[int]) -> None:
+        self._allowlist = serialization.Allowlist.from_config(allowlist)
+        self._max_bytes = max_message_bytes
+        self._values: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
+        self._refusals = 0
+        self._failed_producers = 0
+
+    async def cross(self, key_dict: dict[str, Any], wrapped: list) -> Any:
+        """The value behind `wrapped[0]` as party `key.dst` would receive it."""
+        key = MessageKey.from_dict(key_dict)
+        try:
+            value = await wrapped[0]
+        except Exception as exc:  # the producer failed: the consumer gets what production gives
+            self._failed_producers += 1
+            raise _producer_error(exc, key) from None
+        try:
+            return self._roundtrip(key, value)
+        except FedError:
+            self._refusals += 1
+            raise
+
+    def _roundtrip(self, key: MessageKey, value: Any) -> Any:
+        try:
+            pickled, buffers = serialization.dumps(value)
+        except FedSerializationError as exc:
+            raise FedSerializationError(
+                f"cannot send {key.producer()} from party {key.src!r} to party {key.dst!r}: {exc}"
+            ) from None
+        size = len(pickled) + sum(b.nbytes for b in buffers)
+        if self._max_bytes is not None and size > self._max_bytes:
+            raise refused_error(  # FedLimitError, as the production receiver's refusal
+                "too_large",
+                f"{key.producer()} from party {key.src!r} is {size} bytes, more than "
+                f"messages_max_size_in_bytes={self._max_bytes} in party {key.dst!r}",
+            )
+        channel = f"{key.src}->{key.dst}"
+        self._values[channel] += 1
+        self._bytes[channel] += size
+        try:
+            # bytearray copies, as the receiver's buffers are: arrays arrive writable.
+            return serialization.loads(pickled, [bytearray(b) for b in buffers], self._allowlist)
+        except FedDeserializationRefused as exc:
+            raise FedDeserializationRefused(
+                exc.type_name, f"(party {key.dst!r} receiving {key.producer()}) {exc.hint}"
+            ) from None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "values": dict(self._values),
+            "bytes": dict(self._bytes),
+            "refusals": self._refusals,
+            "failed_producers": self._failed_producers,
+        }
+
+
+_CrossingActor = ray.remote(num_cpus=0, max_concurrency=_MAX_PENDING_CROSSINGS)(_Crossing)
 
 
 class LocalTransport(Transport):
@@ -47,23 +121,38 @@ class LocalTransport(Transport):
     def __init__(self, config: FedConfig) -> None:
         self._config = config
         self._in_flight: dict[tuple[str, str, int], "ray.ObjectRef"] = {}
+        self._crossing: Optional["ray.actor.ActorHandle"] = None
 
     def start(self) -> None:
-        pass
+        comm = self._config.comm
+        serialization.Allowlist.from_config(comm.serializing_allowed_list)  # FedConfigError here
+        self._crossing = _CrossingActor.remote(
+            comm.serializing_allowed_list, comm.messages_max_size_in_bytes
+        )
+        ray.get(self._crossing.stats.remote())  # started: its cost belongs to fed.init
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
         self._in_flight[(key.src, key.dst, key.ordinal)] = ref
 
     def receive(self, key: MessageKey) -> "ray.ObjectRef":
+        if self._crossing is None:
+            raise FedError("the simulated channel is stopped: call fed.init first")
         ref = self._in_flight.pop((key.src, key.dst, key.ordinal))
-        comm = self._config.comm
-        return _cross.remote(
-            key.to_dict(), [ref], comm.serializing_allowed_list, comm.expose_error_trace
-        )
+        # The ref travels nested, so the actor awaits it (and sees its failure) itself.
+        return self._crossing.cross.remote(key.to_dict(), [ref])
 
     def wait_for_peers(self, timeout_s: float) -> None:
         pass
 
     def stop(self, flush_timeout_s: float) -> list[BaseException]:
         self._in_flight.clear()
+        if self._crossing is not None:
+            ray.kill(self._crossing)
+            self._crossing = None
         return []
+
+    def stats(self) -> dict[str, Any]:
+        """Per ``"src->dst"`` channel: values and bytes crossed; refusals; failed producers."""
+        if self._crossing is None:
+            return {}
+        return ray.get(self._crossing.stats.remote())

@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fed import serialization
-from fed._log import party_logger
+from fed._log import configure as configure_logging, party_logger
 from fed.errors import (
     FedDivergenceError,
     FedError,
+    FedIdentityError,
     FedPeerUnavailableError,
     FedSerializationError,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
+from fed.transport.budget import PeerBudget
+from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate, read_control_bounded
 
 MAX_CONTROL_FRAME = 1024 * 1024
 MAX_CONNECTIONS = 256
@@ -33,6 +36,7 @@ class _Arrived:
     key: MessageKey
     value: Any = None
     error: Optional[BaseException] = None
+    nbytes: int = 0  # held against the sender's buffer budget until claimed
 
 
 @dataclass
@@ -57,11 +61,13 @@ class ReceiverProxy:
         parties: list[str],
         listen_host: str,
         listen_port: int,
-        tls: Optional[dict],
+        tls: Optional[Any],
         allowlist: Any,
         max_message_bytes: Optional[int],
         max_chunk_bytes: int,
+        limits: Optional[dict] = None,
     ) -> None:
+        from fed.transport.identity import IdentityVerifier
         from fed.transport.tls import server_context
 
         self._party = party
@@ -73,6 +79,13 @@ class ReceiverProxy:
         self._max_message = max_message_bytes
         self._max_chunk = max(max_chunk_bytes, 64 * 1024 * 1024)
         self._log = party_logger(party, job)
+        configure_logging("warning")  # this actor's own process: refusals must be seen
+        self._limits = ReceiverLimits.from_comm(
+            {**(limits or {}), "messages_max_size_in_bytes": max_message_bytes}
+        )
+        self._identity = IdentityVerifier(tls, parties, self._log) if tls is not None else None
+        self._budget = PeerBudget(self._limits.max_buffered_bytes_per_peer)
+        self._refusals = RefusalLog(self._log)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._server: Optional[socket.socket] = None
         self._stopping = threading.Event()
@@ -85,6 +98,10 @@ class ReceiverProxy:
         self._finished: dict[str, int] = {}
         self._lost: dict[str, FedPeerUnavailableError] = {}
         self._failure: Optional[FedError] = None
+        self._issued: dict[str, int] = {}  # values this party issued per peer (from our sender)
+        self._stuck: dict[str, int] = {}  # consecutive heartbeats showing a wait cycle per peer
+        self._outbox: list[tuple[str, dict[str, Any]]] = []  # notices for peers (next_notices)
+        self._outbox_ready: Optional[asyncio.Future] = None
         self._counters = _Counters()
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -112,6 +129,7 @@ class ReceiverProxy:
     async def stop(self) -> None:
         """Close the listening socket and every connection; the port is free on return."""
         self._stopping.set()
+        self._budget.close()
         if self._server is not None:
             try:
                 self._server.shutdown(socket.SHUT_RDWR)
@@ -129,6 +147,8 @@ class ReceiverProxy:
         for _key, fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(FedError("rayfed shut down while this value was awaited"))
+        if self._outbox_ready is not None and not self._outbox_ready.done():
+            self._outbox_ready.set_result(None)  # ends next_notices
 
     async def stats(self) -> dict[str, Any]:
         c = self._counters
@@ -139,6 +159,8 @@ class ReceiverProxy:
             "refusals": c.refusals,
             "waiting": len(self._waiters),
             "buffered": len(self._arrived),
+            "held_bytes": self._budget.held(),
+            "refusals_by_reason": dict(self._refusals.by_reason),
         }
 
     # ---- barriers --------------------------------------------------------------------
@@ -152,10 +174,14 @@ class ReceiverProxy:
             self._raise_if_hopeless(key)
             fut = self._loop.create_future()
             self._waiters[slot] = (key, fut)
+            self._budget.awaiting(slot, True)
             try:
                 arrived = await fut
             finally:
                 self._waiters.pop(slot, None)
+                self._budget.awaiting(slot, False)
+        else:
+            self._budget.release(key.src, arrived.nbytes)
         self._consumed.add(slot)
         if not arrived.key.same_calls(key):
             raise self._diverged(expected=key, got=arrived.key)
@@ -174,10 +200,10 @@ class ReceiverProxy:
 
     def _finished_error(self, key: MessageKey, sent: int) -> FedDivergenceError:
         return FedDivergenceError(
-            f"party {self._party!r} waits for value #{key.ordinal} from {key.src!r}, produced "
-            f"by {key.producer()} for {key.consumer()}, but {key.src!r} finished the job "
-            f"after sending {sent} value(s) here: the parties ran different code (a call or "
-            "fed.get that only some parties execute)"
+            f"the parties' code diverged: party {self._party!r} waits for value "
+            f"#{key.ordinal} from {key.src!r}, produced by {key.producer()} for "
+            f"{key.consumer()}, but {key.src!r} finished the job after sending {sent} "
+            "value(s) here (a call or fed.get that only some parties execute?)"
         )
 
     def _diverged(self, expected: MessageKey, got: MessageKey) -> FedDivergenceError:
@@ -201,15 +227,19 @@ class ReceiverProxy:
                 fut.set_exception(error)
 
     def _notify_peer(self, peer: str, notice: dict[str, Any]) -> None:
-        import ray
+        """Queue a notice for `peer`; the party's sender (in the driver, see tcp.py) takes
+        it with `next_notices` and delivers it, best effort: our own party has the error."""
+        self._outbox.append((peer, notice))
+        if self._outbox_ready is not None and not self._outbox_ready.done():
+            self._outbox_ready.set_result(None)
 
-        from fed.transport.tcp import sender_name
-
-        try:
-            sender = ray.get_actor(sender_name(self._job, self._party))
-            sender.notify.remote(peer, notice)
-        except Exception as exc:  # best effort: our own party already has the error
-            self._log.warning("could not notify %s: %s", peer, exc)
+    async def next_notices(self) -> Optional[list]:
+        """Wait for notices to deliver to peers; None once the receiver stops."""
+        while not self._outbox and not self._stopping.is_set():
+            self._outbox_ready = self._loop.create_future()
+            await self._outbox_ready
+        notices, self._outbox = self._outbox, []
+        return notices or None
 
     # ---- events from the sender proxy / connections ------------------------------------
 
@@ -220,6 +250,57 @@ class ReceiverProxy:
         for (src, _ordinal), (_key, fut) in list(self._waiters.items()):
             if src == peer and not fut.done():
                 fut.set_exception(error)
+
+    async def heartbeat_status(self, issued: dict[str, int]) -> dict[str, list]:
+        """Called by our sender each heartbeat: learn how many values this party issued
+        to each peer; return, per peer, the messages our barriers still wait for."""
+        self._issued = dict(issued)
+        waiting: dict[str, list] = {}
+        for (src, ordinal), (key, _fut) in self._waiters.items():
+            waiting.setdefault(src, []).append([ordinal, key.consumer()])
+        return waiting
+
+    def _on_peer_status(self, peer: str, status: dict[str, Any]) -> None:
+        """Detect a wait cycle that identical code can never produce.
+
+        If we wait for value #j from `peer` that it has not issued yet, while `peer`
+        waits for value #k from us that we have not issued, the two drivers are at
+        positions the same script cannot reach at once: the code diverged, and both
+        would wait forever. Held for several heartbeats to ride out reporting lag.
+        """
+        try:
+            peer_issued = int(status.get("issued", 0))
+            peer_waits = [(int(o), str(d)) for o, d in status.get("waiting", [])]
+            peer_pending = [MessageKey.from_dict(k) for k in status.get("pending", [])]
+        except (TypeError, ValueError, AttributeError):
+            return
+        # A value the peer will send us, announced before it exists: if it is not the
+        # one our barrier expects at that position, the code diverged; say so now.
+        for announced in peer_pending:
+            waiter = self._waiters.get((peer, announced.ordinal))
+            if waiter is not None and not waiter[0].same_calls(announced):
+                self._diverged(expected=waiter[0], got=announced)
+                return
+        ours = [(o, k) for (src, o), (k, _f) in self._waiters.items()
+                if src == peer and o >= peer_issued]
+        theirs = [(o, d) for o, d in peer_waits if o >= self._issued.get(peer, 0)]
+        if not (ours and theirs):
+            self._stuck.pop(peer, None)
+            return
+        self._stuck[peer] = self._stuck.get(peer, 0) + 1
+        if self._stuck[peer] < 3:
+            return
+        (j, our_key), (k, their_desc) = min(ours, key=lambda x: x[0]), min(theirs)
+        text = (
+            f"the parties' code diverged: party {self._party!r} waits for value #{j} from "
+            f"{peer!r} ({our_key.producer()} for {our_key.consumer()}), which {peer!r} never "
+            f"sent, while {peer!r} waits for value #{k} from {self._party!r} (for "
+            f"{their_desc}), which {self._party!r} never sent. Every party must run the same "
+            "sequence of .remote() and fed.get calls (look for code that depends on the "
+            "party name, e.g. an extra fed.get in one party)."
+        )
+        self._fail_all(FedDivergenceError(text))
+        self._notify_peer(peer, {"kind": "divergence", "text": text})
 
     async def peer_back(self, peer: str) -> None:
         self._lost.pop(peer, None)
@@ -232,14 +313,18 @@ class ReceiverProxy:
         """Runs on the loop. Returns False for a duplicate (already held or consumed)."""
         key = arrived.key
         slot = (key.src, key.ordinal)
-        if slot in self._arrived or slot in self._consumed:
+        waiter = self._waiters.get(slot)
+        # A done waiter: its barrier took a value and has not marked the slot consumed yet.
+        if slot in self._arrived or slot in self._consumed or (waiter and waiter[1].done()):
             self._counters.duplicates += 1
+            self._budget.release(key.src, nbytes)
             return False
         self._counters.add(key.src, nbytes)
-        waiter = self._waiters.get(slot)
-        if waiter is not None and not waiter[1].done():
+        if waiter is not None:
             waiter[1].set_result(arrived)
+            self._budget.release(key.src, nbytes)
         else:
+            arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
 
@@ -287,6 +372,7 @@ class ReceiverProxy:
 
     def _serve(self, raw: socket.socket) -> None:
         conn: socket.socket = raw
+        peer: Optional[str] = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             raw.settimeout(30.0)  # the handshake must finish promptly
@@ -297,10 +383,12 @@ class ReceiverProxy:
                 return
             conn.settimeout(None)
             while not self._stopping.is_set():
-                ftype, body = wire.read_control(conn, MAX_CONTROL_FRAME)
+                ftype, body = read_control_bounded(conn, self._limits.max_header_bytes)
                 if ftype == wire.MSG:
                     self._receive_value(conn, peer, body)
                 elif ftype == wire.PING:
+                    if body:
+                        self._call_on_loop(self._on_peer_status, peer, body)
                     wire.send_control(conn, wire.PONG, {})
                 elif ftype == wire.BYE:
                     self._call_on_loop(self._on_bye, peer, int(body.get("sent", 0)))
@@ -312,9 +400,14 @@ class ReceiverProxy:
                     raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
         except (wire.PeerClosed, ConnectionError, ssl.SSLError, socket.timeout, OSError):
             pass
+        except Refusal as refusal:
+            refusal.party = refusal.party or peer
+            self._refused(conn, raw, refusal)
         except wire.ProtocolError as exc:
-            self._log.warning("closing a connection that broke the protocol: %s", exc)
-            self._refuse(conn, "protocol", str(exc))
+            self._refused(conn, raw, Refusal("protocol", str(exc), party=peer))
+        except Exception as exc:  # hostile input must never take the receiver down
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            self._refused(conn, raw, Refusal("protocol", detail, party=peer))
         finally:
             with self._conns_lock:
                 self._conns.discard(raw)
@@ -330,59 +423,116 @@ class ReceiverProxy:
         except OSError:
             pass
 
+    def _refused(self, conn: socket.socket, raw: socket.socket, refusal: Refusal) -> None:
+        """Log (once per peer and reason), count, and tell the sender why; the caller closes."""
+        host = "?"
+        for sock in (conn, raw):  # a TLS wrap detaches `raw`
+            try:
+                host = str(sock.getpeername()[0])
+                break
+            except (OSError, IndexError):
+                continue
+        if refusal.party is not None and refusal.job is None:
+            refusal.job = self._job  # past the handshake: the connection's job
+        self._refusals.record(host, refusal)
+        self._refuse(conn, refusal.reason, refusal.detail)
+
     def _handshake(self, conn: socket.socket) -> Optional[str]:
-        ftype, hello = wire.read_control(conn, 64 * 1024)
+        """HELLO -> WELCOME once the claimed source may speak here; else a Refusal.
+
+        With TLS the peer certificate must belong to the claimed source party
+        (fed.transport.identity). The WELCOME advertises this receiver's limits, so a
+        well-behaved sender refuses an oversized value locally instead of streaming it.
+        """
+        ftype, hello = read_control_bounded(conn, 64 * 1024)
         if ftype != wire.HELLO or hello.get("proto") != wire.PROTOCOL:
             raise wire.ProtocolError("the connection did not start with a rayfed HELLO")
         src, job, dst = hello.get("src"), hello.get("job"), hello.get("dst")
-        if job != self._job:
-            self._refuse(conn, "job_not_running", f"job {job!r} is not running in party "
-                         f"{self._party!r} (running: {self._job!r})")
-            return None
-        if dst != self._party:
-            self._refuse(conn, "wrong_destination", f"this is party {self._party!r}, not {dst!r}")
-            return None
+        if not all(isinstance(v, str) for v in (src, job, dst)):
+            raise Refusal("protocol", "HELLO needs string src, job and dst")
         if src not in self._parties or src == self._party:
-            self._refuse(conn, "unknown_party", f"{src!r} is not a peer of {self._party!r} in job {job!r}")
-            return None
-        wire.send_control(conn, wire.WELCOME, {"party": self._party, "job": self._job})
+            raise Refusal("unknown_party", f"{src!r} is not a peer of {self._party!r}", src, job)
+        if self._identity is not None:
+            try:
+                self._identity.check(conn.getpeercert(binary_form=True), src, as_server=False)
+            except FedIdentityError as exc:
+                raise Refusal("identity", exc.detail, src, job) from None
+        if job != self._job:
+            raise Refusal("job_not_running", f"job {job!r} is not running in party "
+                          f"{self._party!r} (running: {self._job!r})", src, job)
+        if dst != self._party:
+            raise Refusal("wrong_destination", f"this is party {self._party!r}, not {dst!r}", src, job)
+        wire.send_control(conn, wire.WELCOME, {
+            "party": self._party, "job": self._job, "limits": self._limits.advertise(),
+        })
         return src
 
     def _receive_value(self, conn: socket.socket, peer: str, header: dict[str, Any]) -> None:
+        """One value: check its header against the connection and the limits, reserve
+        buffer room (waiting while the peer's budget is full), read, unpickle, deliver."""
         try:
             key = MessageKey.from_dict(header["key"])
             kind = header["kind"]
             sizes = [int(s) for s in header["sizes"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
-        if key.src != peer or key.job != self._job or key.dst != self._party:
-            raise wire.ProtocolError(
-                f"MSG key {key.src}->{key.dst} in job {key.job!r} does not match the connection"
-            )
+        if not _well_typed(key):
+            raise wire.ProtocolError("malformed MSG header: ill-typed key fields")
+        if key.src != peer:
+            raise Refusal("spoofed_source", f"a value claiming source {key.src!r} on a "
+                          f"connection authenticated as {peer!r}", peer, key.job)
+        if key.job != self._job:
+            raise Refusal("job_not_running", f"job {key.job!r} is not running on this "
+                          f"connection (job {self._job!r})", peer, key.job)
+        if key.dst != self._party:
+            raise Refusal("wrong_destination", f"this is party {self._party!r}, not {key.dst!r}",
+                          peer, key.job)
         if not sizes or any(s < 0 for s in sizes):
             raise wire.ProtocolError("MSG header declares no or negative sizes")
+        limits = self._limits
+        if len(sizes) > limits.max_frames_per_value:
+            raise Refusal("too_many_frames", f"{len(sizes)} buffers exceed max_frames_per_value="
+                          f"{limits.max_frames_per_value} in party {self._party!r}", peer, key.job)
         total = sum(sizes)
-        if self._max_message is not None and total > self._max_message:
-            # Drain the body so the connection stays usable, then refuse.
+        if limits.max_value_bytes is not None and total > limits.max_value_bytes:
+            raise Refusal("too_large", f"value of {total} bytes exceeds messages_max_size_in_bytes="
+                          f"{limits.max_value_bytes} in party {self._party!r}", peer, key.job)
+        slot = (key.src, key.ordinal)
+        if slot in self._consumed or slot in self._arrived:
+            # A replay (or a retry of a value we hold): drop it unread and unpickled.
             self._read_body(conn, [None] * len(sizes), sizes)
-            self._refuse(conn, "too_large", f"value of {total} bytes exceeds "
-                         f"messages_max_size_in_bytes={self._max_message} in party {self._party!r}")
+            self._call_on_loop(self._on_arrival, _Arrived(key), 0)
+            wire.send_control(conn, wire.ACK, {"ordinal": key.ordinal, "duplicate": True})
             return
-        buffers = [bytearray(s) for s in sizes]
-        self._read_body(conn, buffers, sizes)
-        arrived = _Arrived(key)
+        if not self._budget.admit(slot, total, limits.busy_after_s):
+            raise Refusal("busy", f"{peer!r} already has max_buffered_bytes_per_peer="
+                          f"{limits.max_buffered_bytes_per_peer} bytes waiting in party "
+                          f"{self._party!r} for their barriers; retry later", peer, key.job)
+        handed_over = False
         try:
-            value = serialization.loads(buffers[0], buffers[1:], self._allowlist)
-            if kind == "error":
-                arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
-            else:
-                arrived.value = value
-        except FedSerializationError as exc:
-            arrived.error = exc
-        fresh = self._call_on_loop(self._on_arrival, arrived, total)
+            try:
+                buffers = [allocate(s) for s in sizes]
+            except (MemoryError, OSError) as exc:
+                raise Refusal("too_large", f"party {self._party!r} cannot allocate {total} "
+                              f"bytes: {exc}", peer, key.job) from None
+            self._read_body(conn, buffers, sizes)
+            arrived = _Arrived(key)
+            data = buffers[0] if isinstance(buffers[0], bytearray) else memoryview(buffers[0])
+            try:
+                value = serialization.loads(data, buffers[1:], self._allowlist)
+                if kind == "error":
+                    arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
+                else:
+                    arrived.value = value
+            except FedSerializationError as exc:
+                arrived.error = exc
+            handed_over = True
+            fresh = self._call_on_loop(self._on_arrival, arrived, total)
+        finally:
+            if not handed_over:
+                self._budget.release(peer, total)
         if isinstance(arrived.error, FedSerializationError):
-            self._refuse(conn, "deserialization", str(arrived.error))
-            return
+            raise Refusal("deserialization", str(arrived.error), peer, key.job)
         wire.send_control(conn, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
 
     def _read_body(self, conn: socket.socket, buffers: list, sizes: list[int]) -> None:
@@ -390,10 +540,15 @@ class ReceiverProxy:
         index, offset = 0, 0
         remaining = sum(sizes)
         scratch: Optional[memoryview] = None
+        frames = 0
         while remaining > 0:
             ftype, length = wire.read_head(conn)
             if ftype != wire.DATA or length == 0 or length > self._max_chunk or length > remaining:
                 raise wire.ProtocolError(f"bad DATA frame (type {ftype}, {length} bytes)")
+            frames += 1
+            if frames > self._limits.max_frames_per_value:
+                raise Refusal("too_many_frames", f"a value sent in more than max_frames_per_value="
+                              f"{self._limits.max_frames_per_value} DATA frames")
             remaining -= length
             while length > 0:
                 while sizes[index] - offset == 0:
@@ -407,6 +562,14 @@ class ReceiverProxy:
                     wire.recv_into_exact(conn, scratch[:step])
                     take = step
                 else:
-                    wire.recv_into_exact(conn, memoryview(target)[offset:offset + take])
+                    with memoryview(target) as view:
+                        wire.recv_into_exact(conn, view[offset:offset + take])
                 offset += take
                 length -= take
+
+
+def _well_typed(key: MessageKey) -> bool:
+    """Key fields come from the wire: hashable, of the types the barriers compare."""
+    counts = (key.ordinal, key.producer_seq, key.producer_index, key.consumer_seq)
+    names = (key.job, key.src, key.dst, key.producer_call, key.consumer_call)
+    return all(type(n) is int and n >= 0 for n in counts) and all(isinstance(t, str) for t in names)

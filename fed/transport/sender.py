@@ -18,15 +18,21 @@ from typing import Any, Optional
 
 from fed import serialization
 from fed._log import party_logger
+from fed.audit import AuditLog, payload_digest
 from fed.errors import (
+    FedEgressDenied,
     FedError,
+    FedLimitError,
+    FedPeerUnavailableError,
     FedRefusedError,
     FedSerializationError,
     FedTransportError,
+    refused_error,
     remote_error_from,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
+from fed.transport.limits import ReceiverBusy, check_advertised
 
 HEARTBEAT_INTERVAL_S = 1.0
 
@@ -34,8 +40,9 @@ HEARTBEAT_INTERVAL_S = 1.0
 class _Connection:
     """One authenticated stream to a peer's receiver."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, limits: Optional[dict] = None) -> None:
         self.sock = sock
+        self.limits = limits or {}  # what the receiver advertised in WELCOME
 
     def close(self) -> None:
         try:
@@ -52,7 +59,7 @@ class SenderProxy:
         party: str,
         job: str,
         addresses: dict[str, tuple[str, int]],
-        tls: Optional[dict],
+        tls: Optional[Any],
         comm: dict[str, Any],
     ) -> None:
         from fed.transport.tls import client_context
@@ -60,13 +67,17 @@ class SenderProxy:
         self._party = party
         self._job = job
         self._addresses = {p: a for p, a in addresses.items() if p != party}
-        self._ssl: Optional[ssl.SSLContext] = client_context(tls)
+        # One context per peer: with per-party CAs each trusts only that peer's CA.
+        self._ssl: Optional[dict[str, ssl.SSLContext]] = (
+            {p: client_context(tls, p) for p in self._addresses} if tls is not None else None
+        )
         self._comm = comm
         self._timeout_s = comm["timeout_in_ms"] / 1000.0
         self._chunk = int(comm["chunk_size_in_bytes"])
         self._max_message = comm.get("messages_max_size_in_bytes")
         self._expose_trace = bool(comm.get("expose_error_trace"))
         self._peer_timeout_s = float(comm["peer_timeout_s"])
+        self._startup_timeout_s = float(comm["startup_timeout_s"])
         per_peer = int(comm["connections_per_peer"])
         self._idle: dict[str, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in self._addresses}
         self._slots = {p: threading.BoundedSemaphore(per_peer) for p in self._addresses}
@@ -82,15 +93,37 @@ class SenderProxy:
         self._refused = 0
         self._failed = 0
         self._last_seen: dict[str, float] = {}
+        self._issued: dict[str, int] = {}  # send calls received per peer, in program order
+        self._heartbeat_errors: dict[str, str] = {}  # last heartbeat failure per peer
+        self._undelivered: dict[str, dict[int, dict]] = {}  # peer -> ordinal -> key
         self._lost: set[str] = set()
         self._heartbeat: Optional[asyncio.Task] = None
         self._receiver = None
+        self._identity = None
+        if tls is not None:
+            from fed._log import configure as configure_logging
+            from fed.transport.identity import IdentityVerifier
+
+            configure_logging("warning")  # this actor's own process: identity warnings must be seen
+
+            self._identity = IdentityVerifier(tls, addresses, self._log)
+        allowed = comm.get("egress_allowed_parties")
+        self._egress_allowed = frozenset(allowed) if allowed is not None else None
+        self._audit = AuditLog(comm["audit_log"]) if comm.get("audit_log") else None
 
     # ---- public actor methods ------------------------------------------------------------
 
     async def send(self, key_dict: dict[str, Any], wrapped: list) -> dict[str, Any]:
         """Wait for the value (or the failure) behind `wrapped[0]`, push it, return the ack."""
         key = MessageKey.from_dict(key_dict)
+        self._issued[key.dst] = self._issued.get(key.dst, 0) + 1
+        self._undelivered.setdefault(key.dst, {})[key.ordinal] = key_dict
+        try:
+            return await self._send(key, wrapped)
+        finally:
+            self._undelivered[key.dst].pop(key.ordinal, None)
+
+    async def _send(self, key: MessageKey, wrapped: list) -> dict[str, Any]:
         try:
             value = await wrapped[0]
             kind = "value"
@@ -170,6 +203,7 @@ class SenderProxy:
                     idle.get_nowait().close()
                 except queue.Empty:
                     break
+        self._pool.shutdown(wait=False)  # hosted in the driver (tcp.py): free its threads
 
     async def stats(self) -> dict[str, Any]:
         return {
@@ -179,6 +213,7 @@ class SenderProxy:
             "refused": self._refused,
             "failed": self._failed,
             "lost_peers": sorted(self._lost),
+            "heartbeat_errors": dict(self._heartbeat_errors),
         }
 
     # ---- internals -------------------------------------------------------------------------
@@ -195,6 +230,13 @@ class SenderProxy:
             pass
 
     def _push(self, key: MessageKey, kind: str, value: Any) -> dict[str, Any]:
+        """Check the perimeter, serialize once, stream with retries, audit the outcome."""
+        if self._egress_allowed is not None and key.dst not in self._egress_allowed:
+            self._audit_record(key, kind, "denied", 0, None)
+            raise FedEgressDenied(
+                f"party {self._party!r} may not send {key.producer()} to {key.dst!r}: not in "
+                f"config['egress']['allowed_parties'] {sorted(self._egress_allowed)}"
+            )
         try:
             pickled, buffers = serialization.dumps(value)
         except FedSerializationError:
@@ -206,23 +248,53 @@ class SenderProxy:
         sizes = [len(pickled)] + [b.nbytes for b in buffers]
         total = sum(sizes)
         if self._max_message is not None and total > self._max_message:
-            raise FedTransportError(
+            raise FedLimitError(
+                "too_large",
                 f"{key.producer()} is {total} bytes, above messages_max_size_in_bytes="
-                f"{self._max_message}; raise the limit in config['cross_silo_comm']"
+                f"{self._max_message}; raise the limit in config['cross_silo_comm']",
             )
         header = wire.encode_control(
             wire.MSG, {"key": key.to_dict(), "kind": kind, "sizes": sizes}
         )
         parts = [pickled, *buffers]
+        digest = payload_digest(parts) if self._audit is not None else None
+        started: list[bool] = []  # set once bytes may have left (for the audit log)
+
+        def use(conn: _Connection) -> dict[str, Any]:
+            check_advertised(conn.limits, key.dst, len(header) - wire.HEAD_SIZE, sizes, self._chunk)
+            started.append(True)
+            reply = self._stream(conn, header, parts)
+            if reply.get("_refused") and reply.get("reason") == "busy":
+                conn.close()
+                raise ReceiverBusy(f"{key.dst!r} is busy: {reply.get('detail', '')}")
+            return reply
+
+        status = "failed"
+        try:
+            reply = self._send_with_retries(key, use)
+            if reply.get("_refused"):
+                status = "refused"
+                self._refused += 1
+                raise refused_error(reply.get("reason", "?"), reply.get("detail", ""))
+            status = "duplicate" if reply.get("duplicate") else "sent"
+        finally:
+            if started:
+                self._audit_record(key, kind, status, total, digest)
+        self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
+        self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
+        return {"bytes": total, "duplicate": bool(reply.get("duplicate"))}
+
+    def _send_with_retries(self, key: MessageKey, use) -> dict[str, Any]:
         deadline = time.monotonic() + self._timeout_s
         delay = 0.05
         while True:
             try:
-                reply = self._with_connection(
-                    key.dst, lambda c: self._stream(c, header, parts), deadline
-                )
-                break
+                return self._with_connection(key.dst, use, deadline)
             except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
+                if key.dst in self._lost:
+                    raise FedPeerUnavailableError(
+                        key.dst, f"lost while sending {key.producer()}: {exc}"
+                    ) from None
                 if self._closed.is_set() or time.monotonic() + delay > deadline:
                     raise FedTransportError(
                         f"gave up sending to {key.dst!r} after {self._timeout_s:.0f} s "
@@ -231,12 +303,20 @@ class SenderProxy:
                 self._retries += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        if reply.get("_refused"):
-            self._refused += 1
-            raise FedRefusedError(reply.get("reason", "?"), reply.get("detail", ""))
-        self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
-        self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
-        return {"bytes": total, "duplicate": bool(reply.get("duplicate"))}
+
+    def _audit_record(self, key: MessageKey, kind: str, status: str, nbytes: int,
+                      digest: Optional[str]) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.record(
+                job=key.job, src=key.src, dst=key.dst, call=key.producer_call,
+                call_seq=key.producer_seq, consumer=key.consumer_call, ordinal=key.ordinal,
+                kind=kind, bytes=nbytes, sha256=digest, status=status,
+            )
+        except OSError as exc:  # the bytes are gone already; make the gap loud
+            self._log.error("could not write the egress audit log %s: %s (record: %s %s to %r)",
+                            self._audit.path, exc, status, key.producer(), key.dst)
 
     def _stream(self, conn: _Connection, header: bytes, parts: list) -> dict[str, Any]:
         wire.send_value(conn.sock, header, parts, self._chunk)
@@ -280,7 +360,9 @@ class SenderProxy:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_side=False, server_hostname=host)
+                sock = self._ssl[peer].wrap_socket(sock, server_side=False, server_hostname=host)
+                # The server must be the party we meant to reach, not just anyone the CA knows.
+                self._identity.check(sock.getpeercert(binary_form=True), peer, as_server=True)
             wire.send_control(
                 sock,
                 wire.HELLO,
@@ -289,11 +371,12 @@ class SenderProxy:
             ftype, body = wire.read_control(sock, 64 * 1024)
             if ftype == wire.REFUSE:
                 self._refused += 1
-                raise FedRefusedError(body.get("reason", "?"), body.get("detail", ""))
+                raise refused_error(str(body.get("reason", "?")), str(body.get("detail", "")))
             if ftype != wire.WELCOME:
                 raise wire.ProtocolError(f"expected WELCOME, got {wire.NAMES.get(ftype, ftype)}")
-            sock.settimeout(None)
-            return _Connection(sock)
+            sock.settimeout(self._timeout_s)  # a stalled stream fails and is retried
+            limits = body.get("limits")
+            return _Connection(sock, limits if isinstance(limits, dict) else None)
         except BaseException:
             sock.close()
             raise
@@ -331,17 +414,22 @@ class SenderProxy:
             self._log.debug("BYE to %r not delivered: %s", peer, exc)
 
     async def _heartbeat_loop(self) -> None:
+        """PING every peer each second, carrying what we wait for from it and how many
+        values we issued to it (the peer uses both to detect diverged code that would
+        otherwise deadlock). A peer never seen yet gets `startup_timeout_s`."""
         loop = asyncio.get_running_loop()
         conns: dict[str, Optional[_Connection]] = {p: None for p in self._addresses}
-        last_error: dict[str, str] = {}
+        last_error = self._heartbeat_errors
+        ever_seen: set[str] = set()
+        started = time.monotonic()
 
-        def beat(peer: str) -> bool:
+        def beat(peer: str, status: dict[str, Any]) -> bool:
             conn = conns[peer]
             try:
                 if conn is None:
                     conn = conns[peer] = self._connect(peer, HEARTBEAT_INTERVAL_S * 2)
                 conn.sock.settimeout(HEARTBEAT_INTERVAL_S * 2)
-                wire.send_control(conn.sock, wire.PING, {})
+                wire.send_control(conn.sock, wire.PING, status)
                 ftype, _ = wire.read_control(conn.sock, 1024)
                 return ftype == wire.PONG
             except Exception as exc:
@@ -352,23 +440,42 @@ class SenderProxy:
                 return False
 
         while not self._closed.is_set():
+            try:
+                waiting = await self._receiver.heartbeat_status.remote(dict(self._issued))
+            except Exception:
+                waiting = {}
             peers = list(self._addresses)
-            results = await asyncio.gather(*[loop.run_in_executor(None, beat, p) for p in peers])
+            statuses = [
+                {
+                    "issued": self._issued.get(p, 0),
+                    "waiting": waiting.get(p, [])[:32],
+                    "pending": [k for _o, k in sorted(self._undelivered.get(p, {}).items())[:32]],
+                }
+                for p in peers
+            ]
+            results = await asyncio.gather(
+                *[loop.run_in_executor(None, beat, p, st) for p, st in zip(peers, statuses)]
+            )
             now = time.monotonic()
             for peer, ok in zip(peers, results):
                 if ok:
                     self._last_seen[peer] = now
+                    ever_seen.add(peer)
                     if peer in self._lost:
                         self._lost.discard(peer)
+                        self._log.info("party %r answers again", peer)
                         await self._receiver.peer_back.remote(peer)
-                elif peer not in self._lost and now - self._last_seen[peer] > self._peer_timeout_s:
+                    continue
+                limit = self._peer_timeout_s if peer in ever_seen else self._startup_timeout_s
+                silent = now - (self._last_seen[peer] if peer in ever_seen else started)
+                if peer not in self._lost and silent > limit:
                     self._lost.add(peer)
-                    silent = now - self._last_seen[peer]
                     self._log.error("party %r has not answered for %.1f s", peer, silent)
+                    what = "peer_timeout_s" if peer in ever_seen else "startup_timeout_s"
                     await self._receiver.peer_lost.remote(
                         peer,
-                        f"no answer for {silent:.1f} s (peer_timeout_s={self._peer_timeout_s:g}); "
-                        "the process may have died or the network between the parties is cut. "
+                        f"no answer for {silent:.1f} s ({what}={limit:g}); the process may "
+                        "have died, not started, or the network between the parties is cut. "
                         f"Last error: {last_error.get(peer, 'none')}",
                     )
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)

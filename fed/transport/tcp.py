@@ -1,12 +1,19 @@
-"""The production transport: a receiver and a sender Ray actor per party, TCP(+TLS) between.
+"""The production transport: a receiver Ray actor per party, TCP(+TLS) between parties.
 
-Sends and receive barriers are actor calls, so they run inside this party's Ray
-cluster; only our framed stream (docs/protocol.md) crosses the boundary.
+Receive barriers are actor calls, so the values a peer pushes land in this party's Ray
+cluster; only our framed stream (docs/protocol.md) crosses the boundary. The sender
+(SenderProxy: connections, retries, heartbeats) is hosted in the driver process on its
+own event-loop thread rather than in a second actor: a push then costs no Ray call at
+all (the driver owns the refs it sends, so awaiting them is local), and a party runs
+one engine process instead of two. Measured in docs/benchmarks.md.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 import time
-from typing import Any
+from typing import Any, Coroutine, Optional
 
 import ray
 
@@ -27,8 +34,44 @@ def sender_name(job: str, party: str) -> str:
     return f"fed-sender/{job}/{party}"
 
 
+class _Hosted:
+    """An object whose async methods run on a private event-loop thread of this process."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.obj = obj
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, coro: Coroutine, timeout: Optional[float] = None) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        """Cancel what still runs there (heartbeats, relays), then end the thread."""
+        if self._loop.is_closed():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.submit(cancel_all()).result(5)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
 class TcpTransport(Transport):
-    """Drives the two proxy actors of this party from the driver."""
+    """Drives this party's receiver actor and hosts its sender, from the driver."""
 
     def __init__(self, config: FedConfig) -> None:
         self._config = config
@@ -57,6 +100,11 @@ class TcpTransport(Transport):
             comm.serializing_allowed_list,
             comm.messages_max_size_in_bytes,
             comm.chunk_size_in_bytes,
+            limits={  # receiver bounds, docs/security.md
+                "max_buffered_bytes_per_peer": comm.max_buffered_bytes_per_peer,
+                "max_header_bytes": comm.max_header_bytes,
+                "max_frames_per_value": comm.max_frames_per_value,
+            },
         )
         addresses = {p: (a.address.host, a.address.port) for p, a in cfg.parties.items()}
         comm_dict = {
@@ -65,33 +113,50 @@ class TcpTransport(Transport):
             "messages_max_size_in_bytes": comm.messages_max_size_in_bytes,
             "expose_error_trace": comm.expose_error_trace,
             "peer_timeout_s": comm.peer_timeout_s,
+            "startup_timeout_s": comm.startup_timeout_s,
             "connections_per_peer": comm.connections_per_peer,
+            "egress_allowed_parties": cfg.egress.allowed_parties,  # docs/security.md
+            "audit_log": cfg.egress.audit_log,
         }
-        self._sender = ray.remote(SenderProxy).options(
-            name=sender_name(cfg.job_name, cfg.party),
-            resources=comm.send_resource_label,
-            **common,
-        ).remote(cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict)
+        # comm.send_resource_label has nothing to place: the sender runs in the driver.
         try:
+            self._sender = _Hosted(
+                SenderProxy(cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict), "fed-sender"
+            )
             ray.get(self._receiver.start.remote())
         except ray.exceptions.RayTaskError as exc:
             self._kill()
             raise exc.cause if isinstance(exc.cause, FedError) else exc
-        ray.get(self._sender.start_heartbeats.remote(receiver_name(cfg.job_name, cfg.party)))
+        except BaseException:
+            self._kill()
+            raise
+        sender = self._sender.obj
+        self._sender.call(sender.start_heartbeats(receiver_name(cfg.job_name, cfg.party)))
+        self._sender.submit(self._relay_notices())
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
         self._sent_counts[key.dst] = self._sent_counts.get(key.dst, 0) + 1
-        self._pending.append(self._sender.send.remote(key.to_dict(), [ref]))
+        self._pending.append(self._sender.submit(self._sender.obj.send(key.to_dict(), [ref])))
         if len(self._pending) >= _PRUNE_EVERY:
-            _done, self._pending = ray.wait(
-                self._pending, num_returns=len(self._pending), timeout=0, fetch_local=False
-            )
+            self._pending = [f for f in self._pending if not f.done()]
+
+    async def _relay_notices(self) -> None:
+        """Deliver the notices our receiver has for peers (e.g. a divergence report)."""
+        while self._receiver is not None:
+            try:
+                notices = await self._receiver.next_notices.remote()
+            except Exception:
+                return  # the receiver stopped
+            if not notices:
+                return
+            for peer, notice in notices:
+                await self._sender.obj.notify(peer, notice)
 
     def receive(self, key: MessageKey) -> "ray.ObjectRef":
         return self._receiver.get.remote(key.to_dict())
 
     def wait_for_peers(self, timeout_s: float) -> None:
-        missing = ray.get(self._sender.ping_all.remote(timeout_s))
+        missing = self._sender.call(self._sender.obj.ping_all(timeout_s))
         if missing:
             details = "; ".join(f"{peer}: {why}" for peer, why in sorted(missing.items()))
             raise FedPeerUnavailableError(
@@ -108,14 +173,10 @@ class TcpTransport(Transport):
             return failures
         deadline = time.monotonic() + flush_timeout_s
         if self._pending:
-            done, not_done = ray.wait(
-                self._pending, num_returns=len(self._pending), timeout=flush_timeout_s,
-                fetch_local=False,
-            )
-            for ref in done:
-                try:
-                    ray.get(ref)
-                except Exception as exc:
+            done, not_done = concurrent.futures.wait(self._pending, timeout=flush_timeout_s)
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:
                     failures.append(exc)
             if not_done:
                 failures.append(
@@ -125,29 +186,35 @@ class TcpTransport(Transport):
         self._pending = []
         try:
             remaining = max(1.0, deadline - time.monotonic())
-            ray.get(self._sender.bye.remote(self._sent_counts, min(5.0, remaining)),
-                    timeout=remaining + 5)
+            self._sender.call(self._sender.obj.bye(self._sent_counts, min(5.0, remaining)),
+                              timeout=remaining + 5)
         except Exception:
             pass
-        for actor in (self._sender, self._receiver):
-            try:
-                ray.get(actor.stop.remote(), timeout=10)
-            except Exception:
-                pass
+        try:
+            self._sender.call(self._sender.obj.stop(), timeout=10)
+        except Exception:
+            pass
+        try:
+            ray.get(self._receiver.stop.remote(), timeout=10)
+        except Exception:
+            pass
         self._kill()
         return failures
 
     def _kill(self) -> None:
-        for actor in (self._sender, self._receiver):
-            if actor is not None:
-                try:
-                    ray.kill(actor)
-                except Exception:
-                    pass
+        if self._receiver is not None:
+            try:
+                ray.kill(self._receiver)
+            except Exception:
+                pass
+        if self._sender is not None:
+            self._sender.close()
         self._sender = self._receiver = None
 
     def stats(self) -> dict[str, Any]:
         if self._sender is None:
             return {}
-        sent, received = ray.get([self._sender.stats.remote(), self._receiver.stats.remote()])
+        received = self._receiver.stats.remote()
+        sent = self._sender.call(self._sender.obj.stats())
+        received = ray.get(received)
         return {"sent": sent, "received": received}

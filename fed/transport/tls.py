@@ -1,35 +1,46 @@
-"""TLS credentials for the cross-party channel: mutual authentication with the parties' CA."""
+"""TLS credentials for the cross-party channel: mutual authentication with the parties' CAs.
+
+Which *party* a verified certificate belongs to is decided by
+:mod:`fed.transport.identity`; this module only builds the contexts.
+"""
 from __future__ import annotations
 
 import ssl
-from typing import Any, Mapping, Optional
+from typing import Optional
+
+from fed.config import TlsConfig
 
 
-def server_context(tls: Optional[Mapping[str, Any]]) -> Optional[ssl.SSLContext]:
-    """The receiver's context: present our certificate, require one from every peer."""
-    if not tls:
+def server_context(tls: Optional[TlsConfig]) -> Optional[ssl.SSLContext]:
+    """The receiver's context: present our certificate, require one from every peer.
+
+    With one CA bundle per party, all of them are trusted here; the identity check
+    then attributes the peer's certificate to the party whose CA issued it.
+    """
+    if tls is None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls["cert"], tls["key"])
-    ctx.load_verify_locations(cafile=tls["ca_cert"])
+    ctx.load_cert_chain(tls.cert, tls.key)
+    for bundle in tls.all_cas():
+        ctx.load_verify_locations(cafile=bundle)
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-def client_context(tls: Optional[Mapping[str, Any]]) -> Optional[ssl.SSLContext]:
-    """The sender's context: present our certificate, verify the peer against the CA.
+def client_context(tls: Optional[TlsConfig], peer: str) -> Optional[ssl.SSLContext]:
+    """The sender's context for reaching `peer`: trust only the CA bundle of `peer`.
 
-    Host names are not checked here: parties are often addressed by IP and RayFed
-    setups share one certificate; the party identity check is done on the
-    certificate's names by the channel itself.
+    Host names are not checked: parties are often addressed by IP and RayFed setups
+    share one certificate; the identity check (fed.transport.identity) verifies that
+    the certificate belongs to `peer` instead.
     """
-    if not tls:
+    if tls is None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls["cert"], tls["key"])
-    ctx.load_verify_locations(cafile=tls["ca_cert"])
+    ctx.load_cert_chain(tls.cert, tls.key)
+    ctx.load_verify_locations(cafile=tls.ca_for(peer))
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx

@@ -114,7 +114,7 @@ def send_value(
             pending.append(data_head(len(chunk)))
             pending.append(chunk)
             pending_len += HEAD_SIZE + len(chunk)
-            if pending_len >= 256 * 1024:
+            if pending_len >= 256 * 1024 or len(pending) >= 512:  # sendmsg: <= IOV_MAX pieces
                 _send_all(sock, pending)
                 pending, pending_len = [], 0
     if pending:

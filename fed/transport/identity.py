@@ -1,0 +1,156 @@
+"""Which party is on the other end of a TLS connection, read from its certificate.
+
+TLS alone proves only that the peer holds *some* certificate the CA signed; with one
+CA for a whole federation any party could then claim to be any other. Here the
+certificate itself must name the party the connection claims (receiver side) or was
+meant to reach (sender side):
+
+* names: the URI SAN ``rayfed://party/<name>`` (what ``fed certs`` writes), else DNS
+  SANs that are party names of this job, else the subject CN if it is one;
+* issuers (when ``tls_config["ca_cert"]`` is one bundle per party): the parties whose
+  CA bundle directly issued the certificate. A certificate only carol's CA issued is
+  carol's, whatever names it carries.
+
+A certificate that names no party (RayFed's one certificate shared by all parties)
+cannot tell parties apart: accepted with a one-time warning, or refused when
+``verify_party`` is set.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from fed.config import TlsConfig
+from fed.errors import FedIdentityError
+
+PARTY_URI_PREFIX = "rayfed://party/"
+
+
+@dataclass(frozen=True)
+class CertNames:
+    """The identity-bearing names of one certificate."""
+
+    uri_parties: tuple[str, ...]
+    dns: tuple[str, ...]
+    cn: Optional[str]
+
+    def parties(self, known: frozenset[str]) -> frozenset[str]:
+        """Party names the certificate asserts: URI SANs, else DNS SANs, else CN."""
+        if self.uri_parties:
+            return frozenset(self.uri_parties)
+        dns = frozenset(d for d in self.dns if d in known)
+        if dns:
+            return dns
+        return frozenset([self.cn]) if self.cn in known else frozenset()
+
+    def describe(self) -> str:
+        parts = [f"URI rayfed://party/{p}" for p in self.uri_parties]
+        parts += [f"DNS {d}" for d in self.dns] + ([f"CN {self.cn}"] if self.cn else [])
+        return ", ".join(parts) or "no names"
+
+
+def read_names(cert: x509.Certificate) -> CertNames:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        uris, dns = [], []
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = cns[0].value if cns else None
+    return CertNames(
+        uri_parties=tuple(u[len(PARTY_URI_PREFIX):] for u in uris if u.startswith(PARTY_URI_PREFIX)),
+        dns=tuple(dns),
+        cn=cn if isinstance(cn, str) else None,
+    )
+
+
+def _load_bundle(path: str) -> list[x509.Certificate]:
+    with open(path, "rb") as fh:
+        return x509.load_pem_x509_certificates(fh.read())
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:  # InvalidSignature, ValueError, TypeError (unsupported key types)
+        return False
+
+
+class IdentityVerifier:
+    """Binds a TLS peer to a party name. One per proxy actor (so the warning is once)."""
+
+    def __init__(self, tls: TlsConfig, parties: Iterable[str], log: logging.LoggerAdapter) -> None:
+        self._parties = frozenset(parties)
+        self._verify_party = tls.verify_party
+        self._log = log
+        self._warned = False
+        # Per-party CA bundles: attribution by issuer (OpenSSL already verified the chain).
+        self._issuers: Optional[dict[str, list[x509.Certificate]]] = None
+        if tls.per_party_ca:
+            self._issuers = {p: _load_bundle(tls.ca_for(p)) for p in tls.ca_cert}
+
+    def check(self, der: Optional[bytes], party: str, *, as_server: bool) -> None:
+        """Raise FedIdentityError unless the certificate `der` may speak for `party`.
+
+        ``as_server``: `der` is the certificate of the receiver we connected to (sender
+        side); otherwise that of a sender claiming to be `party` (receiver side).
+        """
+        role = f"the server at party {party!r}'s address" if as_server else f"a peer claiming to be {party!r}"
+        if not der:
+            raise FedIdentityError("identity", f"{role} presented no certificate")
+        cert = x509.load_der_x509_certificate(der)
+        names = read_names(cert)
+        named = names.parties(self._parties)
+        candidates = named
+        if self._issuers is not None:
+            issuers = frozenset(p for p, cas in self._issuers.items() if any(_issued_by(cert, c) for c in cas))
+            if not issuers:
+                raise FedIdentityError(
+                    "identity",
+                    f"{role} presented a certificate ({names.describe()}) that no party's CA bundle "
+                    "in tls_config['ca_cert'] issued directly; add the issuing (intermediate) CA "
+                    "to that party's bundle",
+                )
+            candidates = issuers & named if named else issuers
+            if named and not candidates:
+                raise FedIdentityError(
+                    "identity",
+                    f"{role} presented a certificate naming {sorted(named)} but issued by the CA "
+                    f"of {sorted(issuers)}: a party's CA can only vouch for that party",
+                )
+        if candidates == {party}:
+            return
+        if candidates and party not in candidates:
+            raise FedIdentityError(
+                "identity",
+                f"{role} presented the certificate of {sorted(candidates)} ({names.describe()}); "
+                f"a party's certificate must name that party",
+            )
+        self._unidentified(role, names, candidates)
+
+    def _unidentified(self, role: str, names: CertNames, candidates: frozenset[str]) -> None:
+        why = (
+            f"names several parties {sorted(candidates)}" if candidates
+            else f"names no party of this job ({names.describe()})"
+        )
+        if self._verify_party:
+            raise FedIdentityError(
+                "identity",
+                f"{role} presented a certificate that {why}, and tls_config['verify_party'] "
+                "is True: give each party its own certificate naming it (`fed certs`)",
+            )
+        if not self._warned:
+            self._warned = True
+            self._log.warning(
+                "TLS peer certificate %s: parties cannot be told apart, so any holder of it "
+                "can speak as any party. Give each party its own certificate (`fed certs`) and "
+                "set tls_config['verify_party']=True. (Warned once.)", why,
+            )

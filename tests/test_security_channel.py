@@ -1,0 +1,334 @@
+"""Hostile input against running receivers: real ReceiverProxy / SenderProxy actors in
+this process's Ray cluster, real sockets, real TLS with `fed certs` certificates.
+
+Two receivers take the abuse (one plain TCP for volume, one TLS for identity); after
+it each must still deliver a legitimate job's values, and nothing else.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import ssl
+import struct
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+import fed
+from fed.cli.certs import create_dev_pki
+from fed.config import TlsConfig
+from fed.errors import FedDeserializationRefused, FedEgressDenied, FedIdentityError
+from fed.transport import wire
+from multiparty import start_ray
+from securitykit import (
+    MIB,
+    Raw,
+    actor_rss,
+    encode_map,
+    issue_cert,
+    msg_key,
+    pickled,
+    start_receiver,
+    start_sender,
+)
+
+PARTIES = ["alice", "bob", "carol"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    start_ray(num_cpus=2, object_store_memory=256 * MIB)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pki")
+    create_dev_pki(PARTIES, root / "main")
+    create_dev_pki(["alice"], root / "rogue")
+    return root
+
+
+def tls_of(pki: Path, party: str, verify: bool = True) -> TlsConfig:
+    main = pki / "main"
+    return TlsConfig(cert=str(main / f"{party}.crt"), key=str(main / f"{party}.key"),
+                     ca_cert=str(main / "ca.crt"), verify_party=verify)
+
+
+def creds(pki: Path, party: str, which: str = "main") -> tuple[str, str, str]:
+    d = pki / which
+    return str(d / f"{party}.crt"), str(d / f"{party}.key"), str(pki / "main" / "ca.crt")
+
+
+def refusal(reply) -> str:
+    assert reply is not None, "the receiver closed without a REFUSE"
+    ftype, body = reply
+    assert ftype == wire.REFUSE, (wire.NAMES.get(ftype), body)
+    return body["reason"]
+
+
+class Evil:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ---- identity over TLS ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_tls_identity_impersonation_spoofing_and_misrouting(pki: Path) -> None:
+    job = "secure"
+    bob, bob_port = start_receiver("bob", job, PARTIES, tls_of(pki, "bob"))
+    carol, carol_port = start_receiver("carol", job, PARTIES, tls_of(pki, "carol"))
+
+    # carol's valid certificate claiming to be alice.
+    with Raw(bob_port, creds(pki, "carol")) as c:
+        assert refusal(c.hello("alice", job, "bob")) == "identity"
+    # A certificate from another CA, and no certificate at all: the TLS handshake fails.
+    for bad in (creds(pki, "alice", "rogue"), None):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with Raw(bob_port, bad) as c:
+                c.hello("alice", job, "bob")
+    # Bytes that are not TLS at all.
+    for n in range(50):
+        with socket.create_connection(("127.0.0.1", bob_port), timeout=5) as s:
+            s.sendall(random.Random(n).randbytes(300))
+    # Authenticated alice, but another job / another destination.
+    with Raw(bob_port, creds(pki, "alice")) as c:
+        assert refusal(c.hello("alice", "other-job", "bob")) == "job_not_running"
+    with Raw(bob_port, creds(pki, "alice")) as c:
+        assert refusal(c.hello("alice", job, "carol")) == "wrong_destination"
+    # Authenticated alice whose frames claim another source, job or destination.
+    for key, reason in [
+        (msg_key(job, "carol", "bob", 0), "spoofed_source"),
+        (msg_key("other-job", "alice", "bob", 0), "job_not_running"),
+        (msg_key(job, "alice", "carol", 0), "wrong_destination"),
+    ]:
+        with Raw(bob_port, creds(pki, "alice")) as c:
+            ftype, welcome = c.hello("alice", job, "bob")
+            assert ftype == wire.WELCOME and welcome["limits"]["max_header_bytes"] > 0
+            assert refusal(c.send_value(key, pickled("forged"))) == reason
+
+    # The sender checks the server: "bob"'s address answered by carol's receiver.
+    misrouted = start_sender("alice", job, {"bob": carol_port}, tls_of(pki, "alice"))
+    key = msg_key(job, "alice", "bob", 0)
+    with pytest.raises(FedIdentityError, match="certificate of \\['carol'\\]"):
+        ray.get(misrouted.send.remote(key, [ray.put("to bob only")]))
+
+    # After all that, the real alice delivers, and only her values arrived.
+    alice = start_sender("alice", job, {"bob": bob_port}, tls_of(pki, "alice"))
+    ray.get(alice.send.remote(key, [ray.put({"weights": np.arange(4.0)})]))
+    value = ray.get(bob.get.remote(key))
+    assert value["weights"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    stats = ray.get(bob.stats.remote())
+    assert stats["received_values"] == {"alice": 1}
+    for reason in ("identity", "job_not_running", "wrong_destination", "spoofed_source"):
+        assert stats["refusals_by_reason"].get(reason), stats
+    assert ray.get(carol.stats.remote())["received_values"] == {}
+
+
+@pytest.mark.timeout(120)
+def test_rayfed_shared_certificate_works_unless_verify_party(pki: Path) -> None:
+    cert, key = issue_cert(pki / "main", pki / "shared" / "all", cn="rayfed", dns=["localhost"])
+    shared = TlsConfig(cert=cert, key=key, ca_cert=str(pki / "main" / "ca.crt"))
+    strict = TlsConfig(cert=cert, key=key, ca_cert=shared.ca_cert, verify_party=True)
+    k = msg_key("shared", "alice", "bob", 0)
+    lax_bob, lax_port = start_receiver("bob", "shared", PARTIES, shared)
+    strict_bob, strict_port = start_receiver("bob", "shared", PARTIES, strict)
+    ray.get(start_sender("alice", "shared", {"bob": lax_port}, shared).send.remote(k, [ray.put(1)]))
+    assert ray.get(lax_bob.get.remote(k)) == 1  # accepted (with a one-time warning)
+    with pytest.raises(FedIdentityError, match="verify_party"):
+        ray.get(start_sender("alice", "shared", {"bob": strict_port}, shared).send.remote(k, [ray.put(1)]))
+    assert ray.get(strict_bob.stats.remote())["refusals_by_reason"] == {"identity": 1}
+
+
+# ---- volume and shape attacks on a plain receiver -------------------------------------------
+
+
+def random_frames(rng: random.Random, job: str, count: int) -> bytes:
+    """`count` frames: random types and bytes, some MSG headers shaped almost right."""
+    out = bytearray()
+    for _ in range(count):
+        ftype = rng.choice([rng.randrange(256), wire.MSG, wire.DATA, wire.PING, wire.MSG])
+        roll = rng.random()
+        if roll < 0.3:  # a valid PING keeps the connection (and the parsing) going
+            out += wire.encode_control(wire.PING, {})
+            continue
+        if roll < 0.6:
+            payload = rng.randbytes(rng.randrange(0, 300))
+        else:
+            key = msg_key(rng.choice([job, "x"]), rng.choice(["mallory", "bob", 7]),
+                          rng.choice(["alice", "bob"]), rng.randrange(10_000, 20_000))
+            if rng.random() < 0.3:
+                key[rng.choice(list(key))] = rng.choice([None, -1, "s", [1], {"a": 1}, 2**64 - 1])
+            sizes = [rng.choice([16, 64, 2**31, -5, "9"]) for _ in range(rng.randrange(0, 3))]
+            payload = encode_map({"key": key, "kind": rng.choice(["value", "error", 3]),
+                                  "sizes": sizes})
+        declared = len(payload) if rng.random() < 0.9 else rng.randrange(2**32)
+        out += struct.pack("!BI", ftype, declared) + payload
+    return out
+
+
+def fuzz_connection(port: int, job: str, seed: int, handshake: bool, frames: int) -> None:
+    rng = random.Random(seed)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            if handshake:
+                s.sendall(wire.encode_control(wire.HELLO, {
+                    "proto": wire.PROTOCOL, "src": "mallory", "job": job, "dst": "alice"}))
+            s.sendall(random_frames(rng, job, frames))
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+    except OSError:
+        pass  # the receiver may reset a connection it refused
+
+
+@pytest.mark.timeout(240)
+def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Path) -> None:
+    job = "victim"
+    limits = {"max_buffered_bytes_per_peer": 32 * MIB, "max_header_bytes": 64 * 1024,
+              "max_frames_per_value": 1000, "busy_after_s": 1.0}
+    alice, port = start_receiver("alice", job, ["alice", "bob", "mallory"], limits=limits)
+    rss_before = actor_rss(alice)
+
+    # 1. >= 10,000 frames of random bytes: 1,000 connections before the handshake and
+    #    1,000 after a valid one (10 frames each).
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: fuzz_connection(port, job, i, i % 2 == 1, 1 if i % 2 == 0 else 20),
+                      range(2000)))
+    fuzz_s = time.monotonic() - started
+    stats = ray.get(alice.stats.remote())
+    assert stats["refusals"] >= 1000, stats
+    # Whatever forged MSG got through the header checks was refused when unpickled.
+    assert stats["received_values"].get("mallory", 0) == stats["refusals_by_reason"].get("deserialization", 0)
+    assert "bob" not in stats["received_values"] and stats["held_bytes"] == {}
+
+    def bob_conn() -> Raw:
+        c = Raw(port)
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        return c
+
+    # 2. Wrong job; an oversized header; a declared value no machine holds; too many frames.
+    with Raw(port) as c:
+        assert refusal(c.hello("bob", "other-job", "alice")) == "job_not_running"
+    with bob_conn() as c:
+        c.frame(wire.MSG, b"\x80" * 1000, declared=10 * MIB)
+        assert refusal(c.reply_or_closed()) == "header_too_large"
+    with bob_conn() as c:
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 40), "kind": "value", "sizes": [1 << 44]})
+        assert refusal(c.reply_or_closed()) == "too_large"
+    with bob_conn() as c:
+        assert refusal(c.send_value(msg_key(job, "bob", "alice", 41), b"x" * 2000, chunk=1)) == "too_many_frames"
+
+    # 3. Truncated streams: a 16 GiB value declared, 8 MiB sent, then the connection drops;
+    #    a header cut short. Declared sizes cost no memory, and the budget is returned.
+    with bob_conn() as c:
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 42), "kind": "value", "sizes": [16 << 30]})
+        for _ in range(8):
+            c.frame(wire.DATA, b"\0" * MIB)
+    with bob_conn() as c:
+        c.sock.sendall(wire.encode_control(wire.MSG, {"key": msg_key(job, "bob", "alice", 43)})[:9])
+    time.sleep(0.5)
+    assert ray.get(alice.stats.remote())["held_bytes"] == {}
+
+    # 4. A pickle whose reduce calls os.system: refused, never run, the barrier gets the error.
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    key7 = msg_key(job, "bob", "alice", 7)
+    for protocol in (0, 5):
+        import pickle
+
+        with bob_conn() as c:
+            payload = pickle.dumps(Evil(str(marker)), protocol=protocol)
+            reply = c.send_value({**key7, "ordinal": 7 + protocol}, payload)
+            assert refusal(reply) in ("deserialization",)
+    for ordinal in (7, 12):
+        with pytest.raises(FedDeserializationRefused) as info:
+            ray.get(alice.get.remote({**key7, "ordinal": ordinal}))
+        assert "posix.system" in str(info.value) and "serializing_allowed_list" in str(info.value)
+    assert not marker.exists(), "the os.system payload ran!"
+
+    # 5. Replayed key: the first value wins; the replay (even a malicious one) is not unpickled.
+    key1 = msg_key(job, "bob", "alice", 1)
+    with bob_conn() as c:
+        assert c.send_value(key1, pickled("original")) == (wire.ACK, {"ordinal": 1, "duplicate": False})
+        assert c.send_value(key1, pickle.dumps(Evil(str(marker))))[1]["duplicate"] is True
+    assert ray.get(alice.get.remote(key1)) == "original"
+    with bob_conn() as c:
+        assert c.send_value(key1, pickled("replayed after consumption"))[1]["duplicate"] is True
+    assert not marker.exists()
+
+    # 6. Backpressure: 20 MiB held for an unclaimed barrier; the next 20 MiB does not fit in
+    #    32 MiB, so the receiver stops reading and answers `busy`; once the first value is
+    #    claimed the second goes through.
+    blob = b"\1" * (20 * MIB)
+    k10, k11 = msg_key(job, "bob", "alice", 10), msg_key(job, "bob", "alice", 11)
+    with bob_conn() as c:
+        assert c.send_value(k10, pickled(blob))[0] == wire.ACK
+    assert ray.get(alice.stats.remote())["held_bytes"]["bob"] > 20 * MIB
+    with bob_conn() as c:
+        c.control(wire.MSG, {"key": k11, "kind": "value", "sizes": [len(pickled(blob))]})
+        t0 = time.monotonic()
+        assert refusal(c.reply_or_closed()) == "busy"
+        assert time.monotonic() - t0 >= 0.9
+    assert len(ray.get(alice.get.remote(k10))) == 20 * MIB
+    with bob_conn() as c:
+        assert c.send_value(k11, pickled(blob))[0] == wire.ACK
+    assert len(ray.get(alice.get.remote(k11))) == 20 * MIB
+
+    growth = actor_rss(alice) - rss_before
+    assert growth < 200 * MIB, f"receiver grew by {growth / MIB:.0f} MiB"
+
+    # 7. The legitimate job completes afterwards, through the real sender.
+    sender = start_sender("bob", job, {"alice": port})
+    legit = {20 + i: v for i, v in enumerate([np.ones((256, 256)), {"round": 3}, "done"])}
+    ray.get([sender.send.remote(msg_key(job, "bob", "alice", o), [ray.put(v)]) for o, v in legit.items()])
+    got = ray.get([alice.get.remote(msg_key(job, "bob", "alice", o)) for o in legit])
+    assert got[0].sum() == 256 * 256 and got[1] == {"round": 3} and got[2] == "done"
+    stats = ray.get(alice.stats.remote())
+    assert stats["received_values"]["bob"] == 1 + 2 + 2 + 3  # key1, 7/12 errors, k10, k11, legit
+    assert stats["held_bytes"] == {}
+    print(f"fuzz: 2,000 connections / 11,000 frames in {fuzz_s:.1f} s; "
+          f"refusals {stats['refusals_by_reason']}; receiver RSS growth {growth / MIB:.0f} MiB")
+
+
+# ---- the egress perimeter in simulation mode ---------------------------------------------------
+
+
+@fed.remote
+def produce():
+    return "rows"
+
+
+@fed.remote
+def consume(x):
+    return len(x)
+
+
+@pytest.mark.timeout(120)
+def test_egress_policy_stops_a_send_at_the_call_site(tmp_path: Path) -> None:
+    log = tmp_path / "egress.jsonl"
+    fed.init(addresses={p: f"127.0.0.1:{i + 1}" for i, p in enumerate(PARTIES)}, party="alice",
+             mode="simulation", job_name="perimeter",
+             config={"egress": {"allowed_parties": ["bob"], "audit_log": str(log)}})
+    try:
+        rows = produce.party("alice").remote()
+        assert fed.get(consume.party("bob").remote(rows)) == 4
+        with pytest.raises(FedEgressDenied, match="'carol' is not in"):
+            consume.party("carol").remote(rows)
+    finally:
+        fed.shutdown()
+    assert '"status": "denied"' in log.read_text() and '"dst": "carol"' in log.read_text()
