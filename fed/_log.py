@@ -36,3 +36,15 @@ def configure(level: str) -> None:
         handler._fed_handler = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def configure_unconfigured(level: str = "warning") -> None:
+    """For a process fed.init did not set up (a proxy actor's worker): make warnings
+    visible (Ray forwards worker stderr to the driver) without overriding a level or
+    handlers that the driver or the application already chose."""
+    logger = logging.getLogger(LOGGER_NAME)
+    chosen = logger.level != logging.NOTSET or logging.getLogger().handlers or any(
+        not isinstance(h, logging.NullHandler) for h in logger.handlers
+    )
+    if not chosen:
+        configure(level)

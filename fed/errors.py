@@ -155,6 +155,9 @@ def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -
     if isinstance(cause, FedRemoteError):
         return cause
     cause_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
+    if isinstance(cause, FedError):
+        # rayfed's own errors describe the channel (parties, calls), never user data.
+        return FedRemoteError(party, call, cause_type, str(cause))
     if not expose:
         return FedRemoteError(party, call, cause_type)
     tb = "".join(traceback.format_exception(cause))

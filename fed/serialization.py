@@ -4,18 +4,26 @@ A value is pickled once with protocol 5 and out-of-band buffers, so numpy arrays
 are not copied into the pickle: :func:`dumps` returns the (small) pickle bytes and
 the raw array memory as byte views, which the transport streams as they are.
 
-The receiving side must not trust its peer with code execution. :func:`loads`
-unpickles with a *restricted* unpickler: every global the pickle names (a class,
-a function used as a reconstructor) must be admitted by an :class:`Allowlist`.
-The default admits plain data only (builtin containers and scalars, builtin
-exception types, ``collections``, ``datetime``, ``decimal``, ``fractions``, numpy
-arrays/dtypes/scalars, and rayfed's own errors). Users add their own types with
-``cross_silo_comm.serializing_allowed_list`` in ``fed.init``; allowing everything
-is possible but must be spelled out (``"*"``).
+The receiving side must not trust its peer. :func:`loads` checks, in order:
 
-The allowlist stops code execution, not resource exhaustion: a hostile peer can
-still send a pickle asking for e.g. ``bytearray(10**10)``. Size limits belong to
-the transport (frame and message caps).
+1. the opcode stream (:func:`_scan_opcodes`): framing, lengths that fit the
+   data, memo indices that cannot make CPython's C unpickler allocate gigabytes;
+2. every global the pickle names (a class, a reconstructor function) against an
+   :class:`Allowlist`, before importing anything. The default admits plain data
+   only (builtin containers, scalars and exceptions, ``collections``,
+   ``datetime``, ``decimal``, ``fractions``, numpy arrays/dtypes/scalars, and
+   rayfed's own errors). Users add their types with
+   ``cross_silo_comm.serializing_allowed_list`` in ``fed.init``; allowing
+   everything is possible but must be spelled out (``"*"``);
+3. what the pickle does with admitted globals, when it could matter: pickles
+   that apply states (BUILD) or name numpy's array constructors go through a
+   pure-Python unpickler (:class:`_GuardedUnpickler`) that refuses
+   monkeypatching a global and validates numpy states, which numpy itself does
+   not (forged ones segfault it). Everything else uses the fast C unpickler.
+
+What remains possible for a hostile peer is resource use proportional to what
+admitted constructors allow (e.g. ``bytearray(10**9)``); message size limits
+belong to the transport.
 """
 from __future__ import annotations
 
@@ -271,7 +279,8 @@ class Allowlist:
                 if not isinstance(name, str) or not _is_dotted_identifier(name):
                     raise _config_error(
                         {module: names},
-                        f"{name!r} is not a class/function name (use '*' alone for the whole module)",
+                        f"{name!r} is not a class/function name "
+                        "(use '*' alone for the whole module)",
                     )
                 entries.append(f"{module}.{name}")
         return entries
@@ -366,7 +375,7 @@ def _reduce_dtype(dtype: Any) -> tuple:
         np = sys.modules["numpy"]
         try:
             rebuilt = np.dtype(text)
-        except TypeError:
+        except (TypeError, ValueError):
             rebuilt = None
         if rebuilt is not None and rebuilt == dtype and rebuilt.str == text:
             return (np.dtype, (text,))
@@ -419,7 +428,9 @@ def dumps(value: object) -> tuple[bytes, list[memoryview]]:
     Pickle protocol 5 through cloudpickle (so functions and classes from
     ``__main__`` serialize, though the receiver's default allowlist refuses code),
     with out-of-band buffers: contiguous numpy arrays are not copied; each buffer
-    is a 1-D unsigned-byte memoryview on the original memory. Keep ``value``
+    is a 1-D unsigned-byte memoryview on the original memory (non-contiguous
+    arrays are copied into the pickle). Plain dtypes are written as
+    ``numpy.dtype("<f8")`` so the receiver can use its fast path. Keep ``value``
     unchanged until the buffers have been sent. Raises
     :class:`~fed.errors.FedSerializationError` when the value cannot be pickled.
     """
@@ -490,9 +501,9 @@ def _refusal(
     elif any(origin.split(".", 1)[0] in _DANGEROUS_MODULES for origin in origins):
         origin = f" (it is {_shorten(real_name)})" if real_name else ""
         hint = (
-            f"{type_name!r}{origin} can run code or act on this machine, so it is never admitted by "
-            "default and should not be added to the allowlist; a well-behaved peer does not "
-            "send it. (Only if every peer is fully trusted: "
+            f"{type_name!r}{origin} can run code or act on this machine, so it is never "
+            "admitted by default and should not be added to the allowlist; a well-behaved "
+            "peer does not send it. (Only if every peer is fully trusted: "
             f"{_ALLOW_ALL_EXAMPLE} disables the restriction.)"
         )
     elif defined_in is not None:
@@ -594,7 +605,7 @@ def _dtype_from_state(np: Any, inst: Any, state: Any) -> Any:
         raise _bad_numpy_state("dtype state")
     endian, subarray, names, fields, elsize, _alignment, flags = state[1:8]
     metadata = state[8] if len(state) == 9 else None
-    if endian not in ("<", ">", "|", "=") or type(endian) is not str or type(flags) is not int:
+    if type(endian) is not str or endian not in ("<", ">", "|", "=") or type(flags) is not int:
         raise _bad_numpy_state("dtype state")
     if subarray is not None:
         base, shape = subarray if type(subarray) is tuple and len(subarray) == 2 else (None, None)
@@ -627,13 +638,15 @@ def _dtype_from_state(np: Any, inst: Any, state: Any) -> Any:
     else:
         candidate = inst
         if inst.kind in ("m", "M") and len(state) == 9:
-            user_md, unit_md = metadata if type(metadata) is tuple and len(metadata) == 2 else (0, 0)
+            pair = type(metadata) is tuple and len(metadata) == 2
+            user_md, unit_md = metadata if pair else (None, None)
             if type(unit_md) is not tuple or len(unit_md) != 4 or type(unit_md[0]) is not bytes:
                 raise _bad_numpy_state("datetime dtype")
             unit, count = unit_md[0].decode("ascii"), unit_md[1]
             if type(count) is not int or not unit.isalpha():
                 raise _bad_numpy_state("datetime dtype")
-            candidate = np.dtype(f"{inst.kind}8" if unit == "generic" else f"{inst.kind}8[{count}{unit}]")
+            unit_text = "" if unit == "generic" else f"[{count}{unit}]"
+            candidate = np.dtype(f"{inst.kind}8{unit_text}")
             metadata = user_md
         if endian in ("<", ">"):
             candidate = candidate.newbyteorder(endian)
@@ -959,11 +972,14 @@ def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> 
     the pickle names must be admitted by ``allowlist``, otherwise
     :class:`~fed.errors.FedDeserializationRefused` names it, with the config that
     admits it; the refused module is never imported. Any other failure (truncated
-    or garbled data, wrong number of buffers) is a
-    :class:`~fed.errors.FedSerializationError`.
+    or garbled data, wrong number of buffers, forged numpy states) is a
+    :class:`~fed.errors.FedSerializationError`. With an allow-all allowlist the
+    plain C unpickler runs with no checks at all (the peer is trusted with code).
     """
     if not isinstance(allowlist, Allowlist):
-        raise TypeError(f"allowlist must be a fed.serialization.Allowlist, not {type(allowlist).__name__}")
+        raise TypeError(
+            f"allowlist must be a fed.serialization.Allowlist, not {type(allowlist).__name__}"
+        )
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FedSerializationError(
             f"serialized data must be bytes-like, not {type(data).__name__}"
@@ -975,7 +991,9 @@ def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> 
     except FedSerializationError:
         raise
     except Exception as exc:  # e.g. buffers is not iterable
-        raise FedSerializationError(f"bad out-of-band buffers: {type(exc).__name__}: {exc}") from exc
+        raise FedSerializationError(
+            f"bad out-of-band buffers: {type(exc).__name__}: {exc}"
+        ) from exc
 
     if not isinstance(data, bytes):
         data = bytes(data)  # one copy of the (small) pickle; BytesIO then shares it
@@ -988,7 +1006,9 @@ def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> 
         else:
             end, builds = _scan_opcodes(data)
             if end != size:
-                raise FedSerializationError(f"{size - end} trailing bytes after the end of the pickle")
+                raise FedSerializationError(
+                    f"{size - end} trailing bytes after the end of the pickle"
+                )
             try:
                 if builds:
                     raise _NeedsGuard()

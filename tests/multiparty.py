@@ -27,6 +27,7 @@ class PartyOutcome:
     error_text: str = ""
     exitcode: Optional[int] = None
     elapsed_s: float = 0.0
+    killed_at: Optional[float] = None  # wall time of a kill requested by the test
 
     @property
     def ok(self) -> bool:
@@ -104,7 +105,9 @@ def _kill_session(sid: int) -> None:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(victims, timeout=10)
+    # Our own child is reaped by multiprocessing (which needs its exit code), not here.
+    mine = {c.pid for c in psutil.Process().children()}
+    psutil.wait_procs([v for v in victims if v.pid not in mine], timeout=10)
 
 
 def run_parties(
@@ -114,13 +117,15 @@ def run_parties(
     timeout: float = 120,
     args: tuple = (),
     addresses: Optional[dict[str, str]] = None,
-    kill_after: Optional[dict[str, float]] = None,
+    kill_after: Optional[dict[str, Any]] = None,
 ) -> dict[str, PartyOutcome]:
     """Run ``fn(party, addresses, *args)`` in one process per party; wait for all.
 
-    ``kill_after={"bob": 5.0}`` SIGKILLs bob's whole session 5 s after the start
-    (fault tests). Raises TimeoutError (after killing everything) if a party is
-    still running after `timeout` seconds.
+    ``kill_after={"bob": 5.0}`` SIGKILLs bob's whole session 5 s after the start;
+    ``kill_after={"bob": "/path"}`` does it as soon as that file exists (written by
+    bob's code at the moment the test wants it dead). The kill time is recorded in
+    the outcome. Raises TimeoutError (after killing everything) if a party is still
+    running after `timeout` seconds.
     """
     parties = list(parties)
     addresses = addresses or local_addresses(parties)
@@ -140,10 +145,15 @@ def run_parties(
         pending = set(parties)
         while pending and time.monotonic() < deadline:
             for party in list(pending):
-                if kill_after and party in kill_after and party not in killed and \
-                        time.monotonic() - start >= kill_after[party]:
-                    killed.add(party)
-                    _kill_session(procs[party].pid)
+                if kill_after and party in kill_after and party not in killed:
+                    when = kill_after[party]
+                    due = os.path.exists(when) if isinstance(when, str) else \
+                        time.monotonic() - start >= when
+                    if due:
+                        killed.add(party)
+                        outcomes[party].killed_at = time.time()
+                        _kill_session(procs[party].pid)
+                        procs[party].join(10)
                 pipe = pipes[party]
                 if pipe.poll(0.05):
                     try:

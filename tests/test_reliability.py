@@ -89,6 +89,8 @@ def round_with_victim(party, addresses, out_dir):
     parties = sorted(addresses)
     # Round 1 completes; in round 2 carol's update takes long and carol gets killed.
     for seconds in (0.1, 60):
+        if seconds == 60 and party == "carol":
+            open(f"{out_dir}/carol-in-round-2", "w").close()  # the test kills carol now
         updates = [slow_update.party(p).remote(seconds if p == "carol" else 0.1) for p in parties]
         avg = mean.party("alice").remote(*updates)
         try:
@@ -102,11 +104,10 @@ def round_with_victim(party, addresses, out_dir):
 
 def test_killed_party_makes_every_other_party_raise_within_peer_timeout(tmp_path):
     parties = ["alice", "bob", "carol"]
-    kill_at = 25.0  # parties are up and in round 2 by then
-    start = time.time()
     outcomes = run_parties(round_with_victim, parties, args=(str(tmp_path),),
-                           kill_after={"carol": kill_at}, timeout=150)
-    killed_at = start + kill_at
+                           kill_after={"carol": str(tmp_path / "carol-in-round-2")}, timeout=150)
+    killed_at = outcomes["carol"].killed_at
+    assert killed_at is not None, describe(outcomes)
     for party in ("alice", "bob"):
         assert outcomes[party].exitcode != 0, describe(outcomes)
         record = json.loads((tmp_path / f"{party}.json").read_text())
@@ -242,8 +243,10 @@ def flush_then_swap(party, addresses, second):
     fed.shutdown()  # alice: must flush the 32 MiB push before stopping
     after = signal.getsignal(signal.SIGINT)
     port = int(addresses[party].rsplit(":", 1)[1])
-    with socket.socket() as s:  # the port is free again
+    with socket.socket() as s:  # the port is free again (for a server, as our receiver is)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+        s.listen(1)
     # A second job in the same process, as the other party, on other ports.
     other = "bob" if party == "alice" else "alice"
     fed.init(addresses=second, party=other, job_name="second")

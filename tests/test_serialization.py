@@ -298,6 +298,20 @@ def test_dumps_buffers_are_flat_bytes_for_any_dtype_and_order() -> None:
         assert np.shares_memory(np.frombuffer(view, dtype=np.uint8), array)
 
 
+def test_plain_arrays_need_no_state_so_loads_stays_on_the_fast_path() -> None:
+    """dumps writes plain dtypes as numpy.dtype("<f4"): no BUILD, C unpickler."""
+    from fed.serialization import _scan_opcodes
+
+    dtypes = ["f4", ">f8", "i8", "?"]
+    value = {f"layer{i}": np.ones((4, 4), dtype) for i, dtype in enumerate(dtypes)}
+    data, buffers = dumps(value)
+    assert _scan_opcodes(data) == (len(data), False)
+    out = loads(data, [bytearray(b) for b in buffers], DEFAULT)
+    assert {k: (v.dtype.str, v.tolist()) for k, v in out.items()} == {
+        k: (v.dtype.str, v.tolist()) for k, v in value.items()
+    }
+
+
 def test_loads_reuses_received_buffers() -> None:
     array = np.arange(4 * 1024 * 1024, dtype=np.float32)  # 16 MiB
     data, buffers = dumps(array)
@@ -497,7 +511,8 @@ def test_pickle_cannot_change_an_admitted_function() -> None:
     import copyreg
 
     before = (copyreg._reconstructor.__defaults__, dict(copyreg._reconstructor.__dict__))
-    payload = global_pickle("copyreg", "_reconstructor")[:-1] + b"N}\x8c\x0c__defaults__K\x01\x85s\x86b."
+    state = b"N}\x8c\x0c__defaults__K\x01\x85s\x86"  # (None, {"__defaults__": (1,)})
+    payload = global_pickle("copyreg", "_reconstructor")[:-1] + state + b"b."
     with pytest.raises(FedDeserializationRefused):
         loads(payload, [], DEFAULT)
     assert (copyreg._reconstructor.__defaults__, dict(copyreg._reconstructor.__dict__)) == before
@@ -532,7 +547,8 @@ cases = {
     # numpy accepts, then misbehaves: int64 flagged as holding objects
     "forged flags": (np.dtype, ("i8", False, True), (3, "<", None, None, None, -1, -1, 0xD3)),
     "overlapping object field": (np.dtype, ("V16", False, True),
-        (3, "|", None, ("a", "b"), {"a": (np.dtype(object), 0), "b": (np.dtype("i8"), 0)}, 16, 1, 27)),
+        (3, "|", None, ("a", "b"), {"a": (np.dtype(object), 0), "b": (np.dtype("i8"), 0)},
+         16, 1, 27)),
     "short raw data": (mod.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
                        (1, (1000,), np.dtype("f8"), False, b"x" * 8)),
     "build on a buffer view": (mod.numeric._frombuffer, (bytearray(16), np.dtype("f8"), (2,), "C"),

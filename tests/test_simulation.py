@@ -157,13 +157,11 @@ def test_message_size_limit_applies():
 
 
 @pytest.mark.timeout(90)
-def test_waiting_crossings_hold_no_worker_process(sim):
+def test_waiting_crossings_hold_no_worker_process():
     """Values waiting to cross cost no process (they used to hold one worker each)."""
-    fed.shutdown()
     parties = [f"p{i:02d}" for i in range(30)]
     fed.init(addresses=addresses(parties), party=parties[0], mode="simulation",
              logging_level="warning")
-    fed.get(add.party(parties[0]).remote(1, 1))  # a warm worker, so the count is stable
     peak, stop = [0], threading.Event()
 
     def sample() -> None:
@@ -172,14 +170,17 @@ def test_waiting_crossings_hold_no_worker_process(sim):
             stop.wait(0.1)
 
     sampler = threading.Thread(target=sample)
-    sampler.start()
     try:
+        fed.get(add.party(parties[0]).remote(1, 1))  # a warm worker, so the count is stable
+        sampler.start()
         value = slow.party(parties[0]).remote(7, 3.0)
         outputs = [add.party(p).remote(value, i) for i, p in enumerate(parties[1:])]
         assert fed.get(outputs) == [7 + i for i in range(len(parties) - 1)]
     finally:
         stop.set()
-        sampler.join()
+        if sampler.is_alive():
+            sampler.join()
+        fed.shutdown()
     # 29 crossings waited 3 s for the slow value; the old design held 29 workers.
     assert peak[0] <= 8, f"{peak[0]} Ray worker processes"
 

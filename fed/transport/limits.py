@@ -40,6 +40,7 @@ class ReceiverLimits:
             "max_buffered_bytes_per_peer": "max_buffered_bytes_per_peer",
             "max_header_bytes": "max_header_bytes",
             "max_frames_per_value": "max_frames_per_value",
+            "busy_after_s": "busy_after_s",  # not a user key: tests shorten the wait
         }
         return cls(**{ours: comm[theirs] for theirs, ours in names.items() if theirs in comm})
 

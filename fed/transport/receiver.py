@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fed import serialization
-from fed._log import configure as configure_logging, party_logger
+from fed._log import configure_unconfigured, party_logger
 from fed.errors import (
     FedDivergenceError,
     FedError,
@@ -79,7 +79,7 @@ class ReceiverProxy:
         self._max_message = max_message_bytes
         self._max_chunk = max(max_chunk_bytes, 64 * 1024 * 1024)
         self._log = party_logger(party, job)
-        configure_logging("warning")  # this actor's own process: refusals must be seen
+        configure_unconfigured()  # in a worker process refusals must still be seen
         self._limits = ReceiverLimits.from_comm(
             {**(limits or {}), "messages_max_size_in_bytes": max_message_bytes}
         )
@@ -172,6 +172,8 @@ class ReceiverProxy:
         arrived = self._arrived.pop(slot, None)
         if arrived is None:
             self._raise_if_hopeless(key)
+            if self._loop is None:  # a barrier may be served before start() ran
+                self._loop = asyncio.get_running_loop()
             fut = self._loop.create_future()
             self._waiters[slot] = (key, fut)
             self._budget.awaiting(slot, True)

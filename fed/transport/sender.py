@@ -95,16 +95,15 @@ class SenderProxy:
         self._last_seen: dict[str, float] = {}
         self._issued: dict[str, int] = {}  # send calls received per peer, in program order
         self._heartbeat_errors: dict[str, str] = {}  # last heartbeat failure per peer
+        self._ever_seen: set[str] = set()  # peers that answered at least once
         self._undelivered: dict[str, dict[int, dict]] = {}  # peer -> ordinal -> key
         self._lost: set[str] = set()
         self._heartbeat: Optional[asyncio.Task] = None
         self._receiver = None
         self._identity = None
         if tls is not None:
-            from fed._log import configure as configure_logging
             from fed.transport.identity import IdentityVerifier
 
-            configure_logging("warning")  # this actor's own process: identity warnings must be seen
 
             self._identity = IdentityVerifier(tls, addresses, self._log)
         allowed = comm.get("egress_allowed_parties")
@@ -280,6 +279,8 @@ class SenderProxy:
         finally:
             if started:
                 self._audit_record(key, kind, status, total, digest)
+        self._last_seen[key.dst] = time.monotonic()  # an ACK is proof of life too
+        self._ever_seen.add(key.dst)
         self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
         self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
         return {"bytes": total, "duplicate": bool(reply.get("duplicate"))}
@@ -420,15 +421,17 @@ class SenderProxy:
         loop = asyncio.get_running_loop()
         conns: dict[str, Optional[_Connection]] = {p: None for p in self._addresses}
         last_error = self._heartbeat_errors
-        ever_seen: set[str] = set()
+        ever_seen = self._ever_seen
         started = time.monotonic()
+        # Generous per-beat timeouts: a loaded machine must not look like a dead peer.
+        beat_timeout = max(2.0, self._peer_timeout_s / 3)
 
         def beat(peer: str, status: dict[str, Any]) -> bool:
             conn = conns[peer]
             try:
                 if conn is None:
-                    conn = conns[peer] = self._connect(peer, HEARTBEAT_INTERVAL_S * 2)
-                conn.sock.settimeout(HEARTBEAT_INTERVAL_S * 2)
+                    conn = conns[peer] = self._connect(peer, beat_timeout)
+                conn.sock.settimeout(beat_timeout)
                 wire.send_control(conn.sock, wire.PING, status)
                 ftype, _ = wire.read_control(conn.sock, 1024)
                 return ftype == wire.PONG

@@ -10,7 +10,9 @@ one engine process instead of two. Measured in docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import socket
 import threading
 import time
 from typing import Any, Coroutine, Optional
@@ -32,6 +34,23 @@ def receiver_name(job: str, party: str) -> str:
 
 def sender_name(job: str, party: str) -> str:
     return f"fed-sender/{job}/{party}"
+
+
+def _check_listen(party: str, host: str, port: int) -> None:
+    """Fail now, in fed.init, if the receiver could not bind the party's listen address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        raise FedError(
+            f"party {party!r} cannot listen on {host}:{port}: {exc.strerror or exc}. Is "
+            "another job or program using that port? Pick a free port in the addresses "
+            "given to fed.init."
+        ) from None
+    finally:
+        probe.close()
 
 
 class _Hosted:
@@ -79,11 +98,17 @@ class TcpTransport(Transport):
         self._sender = None
         self._pending: list = []
         self._sent_counts: dict[str, int] = {}
+        self._start_error: Optional[BaseException] = None
 
     def start(self) -> None:
+        """Start the receiver actor and the hosted sender; return without waiting for the
+        actor's worker process (most of fed.init's time otherwise): the listen address is
+        checked here, peers retry until we listen, and a late start failure fails every
+        receive barrier (see _on_receiver_started)."""
         cfg = self._config
         comm = cfg.comm
         me = cfg.parties[cfg.party]
+        _check_listen(cfg.party, me.listen.host, me.listen.port)
         concurrency = comm.max_concurrency or 10000
         common = dict(num_cpus=0, max_concurrency=concurrency, max_restarts=0)
         self._receiver = ray.remote(ReceiverProxy).options(
@@ -123,16 +148,22 @@ class TcpTransport(Transport):
             self._sender = _Hosted(
                 SenderProxy(cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict), "fed-sender"
             )
-            ray.get(self._receiver.start.remote())
-        except ray.exceptions.RayTaskError as exc:
-            self._kill()
-            raise exc.cause if isinstance(exc.cause, FedError) else exc
         except BaseException:
             self._kill()
             raise
+        self._receiver.start.remote().future().add_done_callback(self._on_receiver_started)
         sender = self._sender.obj
         self._sender.call(sender.start_heartbeats(receiver_name(cfg.job_name, cfg.party)))
         self._sender.submit(self._relay_notices())
+        atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        """A driver that ends without fed.shutdown still delivers what it already sent
+        (bounded): the sender's threads live in this process and end with it."""
+        pending = [f for f in self._pending if not f.done()]
+        if pending:
+            limit = min(self._config.comm.shutdown_flush_timeout_s, 10.0)
+            concurrent.futures.wait(pending, timeout=limit)
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
         self._sent_counts[key.dst] = self._sent_counts.get(key.dst, 0) + 1
@@ -152,7 +183,21 @@ class TcpTransport(Transport):
             for peer, notice in notices:
                 await self._sender.obj.notify(peer, notice)
 
+    def _on_receiver_started(self, fut: concurrent.futures.Future) -> None:
+        exc = fut.exception()
+        if exc is None or self._receiver is None:
+            return
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, FedError):
+            exc = exc.cause
+        self._start_error = exc
+        try:
+            self._receiver.fail.remote(exc if isinstance(exc, FedError) else FedError(str(exc)))
+        except Exception:
+            pass
+
     def receive(self, key: MessageKey) -> "ray.ObjectRef":
+        if self._start_error is not None:
+            raise self._start_error
         return self._receiver.get.remote(key.to_dict())
 
     def wait_for_peers(self, timeout_s: float) -> None:
@@ -171,6 +216,7 @@ class TcpTransport(Transport):
         failures: list[BaseException] = []
         if self._sender is None:
             return failures
+        atexit.unregister(self._flush_at_exit)
         deadline = time.monotonic() + flush_timeout_s
         if self._pending:
             done, not_done = concurrent.futures.wait(self._pending, timeout=flush_timeout_s)
