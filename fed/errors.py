@@ -160,5 +160,6 @@ def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -
         return FedRemoteError(party, call, cause_type, str(cause))
     if not expose:
         return FedRemoteError(party, call, cause_type)
-    tb = "".join(traceback.format_exception(cause))
+    # Ray keeps the task's own stack as text; the unpickled cause has lost its frames.
+    tb = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
     return FedRemoteError(party, call, cause_type, str(cause), tb)

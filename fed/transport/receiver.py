@@ -26,6 +26,7 @@ from fed.transport import wire
 from fed.transport.base import MessageKey
 from fed.transport.budget import PeerBudget
 from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate, read_control_bounded
+from fed.transport.plasma import Landing
 
 MAX_CONTROL_FRAME = 1024 * 1024
 MAX_CONNECTIONS = 256
@@ -513,7 +514,9 @@ class ReceiverProxy:
         handed_over = False
         try:
             try:
-                buffers = [allocate(s) for s in sizes]
+                # Large values land in the object store directly (fed/transport/plasma.py).
+                landing = Landing.maybe(sizes, kind)
+                buffers = landing.buffers if landing else [allocate(s) for s in sizes]
             except (MemoryError, OSError) as exc:
                 raise Refusal("too_large", f"party {self._party!r} cannot allocate {total} "
                               f"bytes: {exc}", peer, key.job) from None
@@ -525,7 +528,7 @@ class ReceiverProxy:
                 if kind == "error":
                     arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
                 else:
-                    arrived.value = value
+                    arrived.value = landing.marker(self._allowlist) if landing else value
             except FedSerializationError as exc:
                 arrived.error = exc
             handed_over = True

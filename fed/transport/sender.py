@@ -181,12 +181,16 @@ class SenderProxy:
         self._last_seen = {p: now for p in self._addresses}
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
-    async def bye(self, counts: dict[str, int], timeout_s: float) -> None:
-        """Tell each peer how many values we sent it, so it never waits for more."""
+    async def bye(self, counts: dict[str, int], timeout_s: float, unseen_timeout_s: float) -> None:
+        """Tell each peer how many values we sent it, so it never waits for more. A peer
+        that never answered yet may still be starting: it gets the longer timeout."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(
             *[
-                loop.run_in_executor(self._pool, self._bye_one, p, counts.get(p, 0), timeout_s)
+                loop.run_in_executor(
+                    self._pool, self._bye_one, p, counts.get(p, 0),
+                    timeout_s if p in self._ever_seen else unseen_timeout_s,
+                )
                 for p in self._addresses
                 if p not in self._lost
             ]
@@ -409,10 +413,19 @@ class SenderProxy:
             conn.close()
 
     def _bye_one(self, peer: str, sent: int, timeout_s: float) -> None:
-        try:
-            self._control(peer, wire.BYE, {"sent": sent}, timeout_s)
-        except Exception as exc:  # the peer may have finished already
-            self._log.debug("BYE to %r not delivered: %s", peer, exc)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._control(peer, wire.BYE, {"sent": sent}, max(0.5, deadline - time.monotonic()))
+                return
+            except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
+                if time.monotonic() + 0.2 > deadline:  # the peer may have finished already
+                    self._log.debug("BYE to %r not delivered: %s", peer, exc)
+                    return
+                time.sleep(0.2)
+            except Exception as exc:
+                self._log.debug("BYE to %r not delivered: %s", peer, exc)
+                return
 
     async def _heartbeat_loop(self) -> None:
         """PING every peer each second, carrying what we wait for from it and how many

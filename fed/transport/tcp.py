@@ -232,8 +232,10 @@ class TcpTransport(Transport):
         self._pending = []
         try:
             remaining = max(1.0, deadline - time.monotonic())
-            self._sender.call(self._sender.obj.bye(self._sent_counts, min(5.0, remaining)),
-                              timeout=remaining + 5)
+            self._sender.call(
+                self._sender.obj.bye(self._sent_counts, min(5.0, remaining), remaining),
+                timeout=remaining + 5,
+            )
         except Exception:
             pass
         try:
