@@ -182,14 +182,15 @@ class SenderProxy:
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     async def bye(self, counts: dict[str, int], timeout_s: float, unseen_timeout_s: float) -> None:
-        """Tell each peer how many values we sent it, so it never waits for more. A peer
-        that never answered yet may still be starting: it gets the longer timeout."""
+        """Tell each peer how many values we sent it, so it never waits for more. One
+        attempt for a peer that answered before (if it is gone, it finished or died); a
+        peer that never answered may still be starting: retry it up to the longer timeout."""
         loop = asyncio.get_running_loop()
         await asyncio.gather(
             *[
                 loop.run_in_executor(
                     self._pool, self._bye_one, p, counts.get(p, 0),
-                    timeout_s if p in self._ever_seen else unseen_timeout_s,
+                    timeout_s, 0.0 if p in self._ever_seen else unseen_timeout_s,
                 )
                 for p in self._addresses
                 if p not in self._lost
@@ -412,11 +413,11 @@ class SenderProxy:
         finally:
             conn.close()
 
-    def _bye_one(self, peer: str, sent: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _bye_one(self, peer: str, sent: int, timeout_s: float, retry_for_s: float) -> None:
+        deadline = time.monotonic() + retry_for_s
         while True:
             try:
-                self._control(peer, wire.BYE, {"sent": sent}, max(0.5, deadline - time.monotonic()))
+                self._control(peer, wire.BYE, {"sent": sent}, timeout_s)
                 return
             except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
                 if time.monotonic() + 0.2 > deadline:  # the peer may have finished already
