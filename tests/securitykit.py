@@ -107,7 +107,10 @@ class Raw:
                    kind: str = "value", chunk: int = 4 * MIB) -> tuple[int, dict]:
         sizes = [len(payload)] + [len(b) for b in buffers]
         header = wire.encode_control(wire.MSG, {"key": key, "kind": kind, "sizes": sizes})
-        wire.send_value(self.sock, header, [payload, *buffers], chunk)
+        try:
+            wire.send_value(self.sock, header, [payload, *buffers], chunk)
+        except OSError:
+            pass  # the receiver may refuse on the header alone and close before the body
         return self.read()
 
     def reply_or_closed(self) -> Optional[tuple[int, dict]]:
