@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 MiB = 1024 * 1024
 
@@ -187,6 +187,23 @@ def session_memory(sid: int) -> dict[str, int]:
     return {"rss": rss, "pss": pss, "processes": n}
 
 
+def session_processes(sid: int) -> list[dict[str, Any]]:
+    """Each process of the session: pid, title (Ray names actor workers ray::Class), RSS, PSS."""
+    out = []
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        title = argv[0].decode(errors="replace")
+        if not title.startswith("ray::"):
+            title = " ".join(os.path.basename(a.decode(errors="replace")) for a in argv[:2])
+        rss, pss = _smaps_rollup(pid)
+        out.append({"pid": pid, "title": title[:60], "rss": rss, "pss": pss})
+    return out
+
+
 def settle_memory(sid: int, quiet_s: float = 2.0, max_s: float = 20.0) -> dict[str, int]:
     """Wait until the party's process count and memory stop moving, then measure.
 
@@ -356,6 +373,106 @@ def socket_round_trip(reps: int = 2000) -> list[float]:
     return times
 
 
+def _plain_ray_tiny(iters: int, conn) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    @ray.remote
+    class Tiny:
+        def run(self):
+            return 1
+
+    @ray.remote
+    class Aggregator:
+        def aggr(self, a, b):
+            return a + b
+
+    a, b, agg = Tiny.remote(), Tiny.remote(), Aggregator.remote()
+
+    def iteration():
+        if ray.get(agg.aggr.remote(a.run.remote(), b.run.remote())) != 2:
+            raise AssertionError("wrong result")
+
+    for _ in range(max(100, iters // 10)):
+        iteration()
+    start = time.perf_counter()
+    for _ in range(iters):
+        iteration()
+    conn.send((time.perf_counter() - start) / iters)
+    ray.shutdown()
+
+
+def plain_ray_tiny_seconds(iters: int = 1000) -> float:
+    """The tiny-task loop's calls (two actor calls, an aggregate, a get) in ONE plain Ray
+    cluster with no parties: what Ray itself costs here, the floor for any engine on it."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_plain_ray_tiny, args=(iters, child))
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(600):
+            raise TimeoutError("the plain Ray loop did not finish")
+        return parent.recv()
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn) -> None:
+    import numpy as np
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=2 * 1024**3)
+
+    @ray.remote
+    class Trainer:
+        def __init__(self, seed):
+            self.weights = [np.full(floats, seed + i, dtype=np.float32) for i in range(arrays)]
+
+        def train(self, mean=None):
+            if mean is not None:
+                self.weights = mean
+            return self.weights
+
+    @ray.remote
+    def fl_mean(a, b):
+        return [(x + y) * np.float32(0.5) for x, y in zip(a, b)]
+
+    ta, tb = Trainer.remote(0), Trainer.remote(1000)
+    mean, times = None, []
+    for r in range(2 + rounds):
+        start = time.perf_counter()
+        wa = ta.train.remote(mean) if mean is not None else ta.train.remote()
+        wb = tb.train.remote(mean) if mean is not None else tb.train.remote()
+        mean = fl_mean.remote(wa, wb)
+        ray.get(mean)
+        times.append(time.perf_counter() - start)
+    conn.send(sum(times[2:]) / rounds)
+    ray.shutdown()
+
+
+def plain_ray_fl_seconds(rounds: int = 10, arrays: int = 50, floats: int = 125_000) -> float:
+    """The FL round's calls (two trainers, a mean task, a get) in ONE plain Ray cluster:
+    Ray's own share of a round (object-store copies, task start, numpy), no parties."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_plain_ray_fl, args=(rounds, arrays, floats, child))
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(600):
+            raise TimeoutError("the plain Ray FL loop did not finish")
+        return parent.recv()
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
 def memcpy_seconds(size: int, reps: int) -> list[float]:
     import numpy as np
 
@@ -408,5 +525,6 @@ def load_average() -> tuple[float, float, float]:
 __all__ = [
     "MiB", "PartyRun", "run_parties", "session_memory", "settle_memory", "MemorySampler",
     "post", "await_signal", "socket_throughput", "socket_round_trip", "memcpy_seconds",
-    "median", "machine", "load_average", "Optional",
+    "plain_ray_tiny_seconds", "plain_ray_fl_seconds",
+    "median", "machine", "load_average",
 ]

@@ -46,11 +46,11 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def ensure_rayfed_venv(path: str, rebuild: bool = False) -> str:
+def ensure_rayfed_venv(path: str, rebuild: bool = False, ray_req: str = RAYFED_RAY) -> str:
     """The python of a virtual environment with RayFed and its Ray; made if missing."""
     python = os.path.join(path, "bin", "python")
     marker = os.path.join(path, ".rayfed-bench-ok")
-    wanted = " ".join([RAYFED_PACKAGE, RAYFED_RAY, *RAYFED_EXTRA])
+    wanted = " ".join([RAYFED_PACKAGE, ray_req, *RAYFED_EXTRA])
     if not rebuild and os.path.exists(marker) and open(marker).read() == wanted:
         return python
     print(f"[compare] making RayFed's environment in {path} ({wanted}) ...", flush=True)
@@ -60,10 +60,10 @@ def ensure_rayfed_venv(path: str, rebuild: bool = False) -> str:
         if made.returncode != 0:
             raise Unavailable(f"`python -m venv {path}` failed: {_tail(made.stderr)}")
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q",
-           RAYFED_PACKAGE, RAYFED_RAY, *RAYFED_EXTRA]
+           RAYFED_PACKAGE, ray_req, *RAYFED_EXTRA]
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:
-        raise Unavailable(_explain_pip_failure(done.stdout + done.stderr))
+        raise Unavailable(_explain_pip_failure(done.stdout + done.stderr, ray_req))
     check = subprocess.run(
         [python, "-c", "import fed, ray, fed.proxy; print(ray.__version__, fed.__file__)"],
         capture_output=True, text=True, cwd=HERE, env=_clean_env(),
@@ -75,17 +75,19 @@ def ensure_rayfed_venv(path: str, rebuild: bool = False) -> str:
     return python
 
 
-def _explain_pip_failure(output: str) -> str:
+def _explain_pip_failure(output: str, ray_req: str = RAYFED_RAY) -> str:
     import re
 
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    output = "\n".join(line for line in output.splitlines()
+                       if not line.startswith("WARNING: Location"))  # local index noise
     missing = re.findall(r"no matching distribution found for (\S+)", output, re.I)
     if missing:
         what = ", ".join(missing)
         hint = ""
         if any(m.lower().startswith("ray") and "rayfed" not in m.lower() for m in missing):
             hint = (f" RayFed needs a Ray release its CI covered (2.31-2.35), and pip has no "
-                    f"wheel of {RAYFED_RAY} for Python {py} on this platform.")
+                    f"wheel of {ray_req} for Python {py} on this platform.")
         elif any("rayfed" in m.lower() for m in missing):
             hint = " The package index here does not serve rayfed-nightly."
         return f"pip found no distribution for {what}.{hint} pip said: {_tail(output, 4)}"
@@ -137,18 +139,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--venv", default=DEFAULT_VENV, help="RayFed's virtual environment")
     parser.add_argument("--rebuild", action="store_true", help="make that environment again")
+    parser.add_argument("--rayfed-ray", default=RAYFED_RAY,
+                        help=f"the Ray RayFed runs on (default {RAYFED_RAY}; its CI covered "
+                             "2.31-2.35)")
     parser.add_argument("--skip-rayfed", action="store_true", help="this repo's engine only")
     args = parser.parse_args(argv)
     json_path = os.path.abspath(args.json) if args.json else None
 
     started = time.time()
     load_before = os.getloadavg()
-    rayfed_python, rayfed_note = None, ""
+    rayfed_python, rayfed_note, rayfed_reason = None, "", ""
     if not args.skip_rayfed:
+        venv = args.venv
+        if args.rayfed_ray != RAYFED_RAY and venv == DEFAULT_VENV:
+            venv = venv.replace(RAYFED_RAY.replace("==", "-"), args.rayfed_ray.replace("==", "-"))
         try:
-            rayfed_python = ensure_rayfed_venv(args.venv, args.rebuild)
+            rayfed_python = ensure_rayfed_venv(venv, args.rebuild, args.rayfed_ray)
         except Unavailable as exc:
-            rayfed_note = "unavailable"
+            rayfed_note, rayfed_reason = "unavailable", str(exc)
             print(f"[compare] RayFed cannot run here: {exc}", flush=True)
     else:
         rayfed_note = "skipped"
@@ -162,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             rayfed = run_engine(rayfed_python, args.quick, "RayFed")
         except Exception as exc:  # report, and still print our column
-            rayfed_note = "failed"
+            rayfed_note, rayfed_reason = "failed", str(exc)
             print(f"[compare] RayFed's run failed: {exc}", flush=True)
     load_after = os.getloadavg()
 
@@ -172,7 +180,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rayfed is not None:
         print(f"RayFed:    {rayfed['engine']} on Ray {rayfed['ray']}, Python {rayfed['python']}")
     else:
-        print(f"RayFed:    {rayfed_note} (see above)")
+        print(f"RayFed:    {rayfed_note}: {rayfed_reason or 'skipped with --skip-rayfed'}")
+    m = bench.machine()
+    print(f"machine:   {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
+          f"{m['kernel']}")
     print(bench.format_table(table, ours["engine"], "RayFed", rayfed_note))
     print(bench.format_limits(limits))
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on "

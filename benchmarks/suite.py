@@ -143,14 +143,15 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
         _sync()
     _step(run_dir, party, "engine_idle")  # parent: idle memory with the engine
 
-    # ---- 1 GiB push; the parent samples bob's memory meanwhile ----
+    # ---- 1 GiB push; the parent samples bob's memory during each one ----
     big = params["big_bytes"]
     times = []
     for i in range(params["big_reps"]):
+        _step(run_dir, party, f"big_{i}")  # parent: baseline, then start sampling
         dt, _, _ = _push_once(big, 7 + i)
         times.append(dt)
+        _step(run_dir, party, f"big_{i}_done")  # parent: stop sampling
     out["push"] = {big: times}
-    _step(run_dir, party, "big_done")  # parent: stop sampling
 
     # ---- push throughput, smaller sizes ----
     for nbytes, reps in params["push_sizes"]:

@@ -25,6 +25,7 @@ class Relay:
         self._server: Optional[socket.socket] = None
         self._stopped = threading.Event()
         self._cutting = threading.Event()
+        self._down = threading.Event()  # set while a cut refuses connections
 
     def start(self) -> "Relay":
         self._listen()
@@ -47,6 +48,9 @@ class Relay:
                 if self._stopped.is_set():
                     return
                 time.sleep(0.05)  # listening socket closed by a cut: wait for the reopen
+                continue
+            if self._down.is_set():  # accepted by a listener the cut closed under accept()
+                client.close()
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -88,6 +92,11 @@ class Relay:
     def cut(self, seconds: float) -> None:
         """Drop all connections and refuse new ones for `seconds`."""
         start = time.time()
+        self._down.set()
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+        except OSError:
+            pass
         self._server.close()
         with self._lock:
             conns, self._conns = self._conns, []
@@ -99,6 +108,7 @@ class Relay:
             s.close()
         time.sleep(seconds)
         self._listen()
+        self._down.clear()
         self.cuts.append((start, time.time()))
 
     def stop(self) -> None:

@@ -6,7 +6,7 @@ gRPC or gateway relay) is one module implementing it.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import ray
@@ -33,7 +33,9 @@ class MessageKey:
     consumer_call: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its recursive deep copy is ~10x slower (7 us vs 0.6 us),
+        # on the driver's path twice per message; every field is a str or an int.
+        return {name: getattr(self, name) for name in _KEY_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MessageKey":
@@ -53,6 +55,9 @@ class MessageKey:
             and self.consumer_seq == other.consumer_seq
             and self.consumer_call == other.consumer_call
         )
+
+
+_KEY_FIELDS = tuple(f.name for f in fields(MessageKey))
 
 
 class Transport(abc.ABC):

@@ -22,6 +22,7 @@ receiver writes it, before anyone can see it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import threading
 from typing import Any, Optional
@@ -68,7 +69,6 @@ class Landing:
     """Buffers for one incoming value, the large ones in the object store."""
 
     def __init__(self, sizes: list[int]) -> None:
-        import numpy as np
         import ray
 
         self.sizes = sizes
@@ -89,8 +89,11 @@ class Landing:
             return None
         try:
             return cls(sizes)
-        except Exception:
-            return None  # e.g. the object store is full: the ordinary path still works
+        except Exception as exc:  # e.g. the object store is full: the ordinary path works
+            logging.getLogger(__name__).warning(
+                "receiving %d bytes through the receiver's own memory (twice the payload at "
+                "its peak) instead of straight into the object store: %s", sum(sizes), exc)
+            return None
 
     def marker(self, allowlist: Any) -> "InObjectStore":
         small = {i: bytes(b) for i, b in enumerate(self.buffers) if i > 0 and i not in self.big}
