@@ -28,7 +28,6 @@ from fed.transport.budget import PeerBudget
 from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate, read_control_bounded
 from fed.transport.plasma import Landing
 
-MAX_CONTROL_FRAME = 1024 * 1024
 MAX_CONNECTIONS = 256
 
 
