@@ -22,6 +22,7 @@ MiB = 1024 * 1024
 
 
 def free_ports(n: int) -> list[int]:
+    # Not fed.cli.run.pick_free_ports: this harness also runs under RayFed's `fed` package.
     socks = []
     try:
         for _ in range(n):

@@ -20,9 +20,6 @@ from fed.object import FedObject
 from fed.transport.base import MessageKey
 from fed.tree import map_leaves
 
-_CLASS_ONLY_OPTIONS = {"max_restarts", "max_task_retries", "max_concurrency", "lifetime",
-                       "name", "namespace", "get_if_exists", "concurrency_groups"}
-
 
 def _is_fed(value: Any) -> bool:
     return isinstance(value, FedObject)

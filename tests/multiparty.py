@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import psutil
+
+from fed.cli.run import local_addresses, pick_free_ports as free_ports
 
 
 @dataclass
@@ -32,24 +33,6 @@ class PartyOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.error_text and self.exitcode == 0
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the kernel hands out now; held open together so they are distinct."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def local_addresses(parties: list[str]) -> dict[str, str]:
-    return {p: f"127.0.0.1:{port}" for p, port in zip(parties, free_ports(len(parties)))}
 
 
 def start_ray(num_cpus: int = 2, object_store_memory: Optional[int] = None) -> None:

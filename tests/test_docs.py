@@ -28,7 +28,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Optional
