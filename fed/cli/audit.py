@@ -53,9 +53,9 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     """Handler of ``fed audit``."""
-    from fed.audit import read_records
+    from fed.audit import read_records, resolve_unfinished
 
-    records: list[dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
     bad = 0
     for path in args.logs:
         try:
@@ -64,12 +64,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                     bad += 1
                     print(f"fed audit: {path}:{number}: not an audit record: {raw[:120]!r}",
                           file=sys.stderr)
-                elif _matches(record, args):
-                    records.append(record)
+                else:
+                    found.append(record)
         except FileNotFoundError:
             raise UsageError(f"no such audit log: {path}") from None
         except IsADirectoryError:
             raise UsageError(f"{path} is a directory, not an audit log") from None
+    records = [r for r in resolve_unfinished(found) if _matches(r, args)]
     if args.json:
         for record in records:
             print(json.dumps(record))
@@ -91,7 +92,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
             "PATH}}) is set: one JSON line per value that left the party (time, job, call,\n"
             "destination, bytes, sha256 of the bytes sent, status) or that the egress\n"
             "policy denied. Statuses: sent, duplicate, refused, failed (may have partly\n"
-            "left), denied (nothing left). Exit status 1 if a line is not a record."
+            "left), denied (nothing left), unfinished (the process ended mid-send; the\n"
+            "bytes may have left). Exit status 1 if a line is not a record."
         ),
         epilog=(
             "examples:\n"
