@@ -1,10 +1,10 @@
 """``fed certs``: a throwaway development PKI for mutual TLS between parties.
 
-One CA signs one certificate per party. A party certificate names the party in
-three places so that the transport can check *which* party is on the other end
-(not just that it holds some certificate from the CA): the subject CN, a DNS
-SubjectAlternativeName, and the URI SAN ``rayfed://party/<name>``. Hosts are
-added as SANs so ordinary hostname verification also succeeds. Each
+One CA signs one certificate per party. A party certificate carries the URI SAN
+``rayfed://party/<name>``: that is what the transport checks to know *which* party
+is on the other end (not just that it holds some certificate from the CA). The
+subject CN and a DNS SAN also hold the name, for people reading the certificate;
+hosts are added as SANs so ordinary hostname verification also succeeds. Each
 certificate is valid both as TLS server and TLS client, since every party is
 both. Not for production: the CA key sits next to the certificates.
 """
@@ -14,34 +14,32 @@ import argparse
 import datetime
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from fed.certnames import PARTY_URI_PREFIX
 from fed.cli import UsageError
+from fed.config import party_name_problem
 
 #: File names inside a PKI directory (also what ``RAYFED_TLS_DIR`` points at).
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
-PARTY_URI_PREFIX = "rayfed://party/"
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 DEFAULT_DAYS = 30
 
-_PARTY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Tolerate modest clock skew between parties.
 _BACKDATE = datetime.timedelta(minutes=5)
 
 
 def validate_parties(parties: Sequence[str]) -> list[str]:
-    """Check party names are non-empty, unique and safe as file/DNS names."""
+    """Check party names follow fed.init's rule (also safe as file/DNS names) and are unique."""
     names = [p.strip() for p in parties]
     if not names or any(not n for n in names):
         raise UsageError("--parties needs a comma-separated list of party names, e.g. alice,bob")
     for n in names:
-        if not _PARTY_RE.match(n) or n in (".", ".."):
-            raise UsageError(
-                f"invalid party name {n!r}: use letters, digits, '_', '-', '.' (start with a letter or digit)"
-            )
+        problem = party_name_problem(n)
+        if problem:
+            raise UsageError(problem)
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise UsageError(f"duplicate party name(s): {', '.join(dups)}")
