@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 from cryptography import x509
 
-from fed.certnames import CertNames, read_names
+from fed.certnames import PARTY_URI_PREFIX, CertNames, read_names
 from fed.config import SHARED_CERT_FIX, TlsConfig
 from fed.errors import FedIdentityError
 
@@ -103,7 +103,7 @@ class IdentityVerifier:
                 "identity",
                 f"{role} presented a certificate that {why}; with party verification on (the "
                 "default, tls_config['verify_party']) a party's certificate must carry the URI "
-                f"SAN rayfed://party/<name> (`fed certs` issues them). {SHARED_CERT_FIX}",
+                f"SAN {PARTY_URI_PREFIX}<name> (`fed certs` issues them). {SHARED_CERT_FIX}",
             )
         if not self._warned:
             self._warned = True
