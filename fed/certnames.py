@@ -1,8 +1,7 @@
 """The names a party certificate carries, read with `cryptography`.
 
-One definition of the party URI (``rayfed://party/<name>``) shared by `fed certs`
-(which writes it), `fed.init` (which checks this party's own certificate) and the
-transport (which checks every peer's).
+Used by `fed.init` (which checks this party's own certificate) and the transport
+(which checks every peer's); `fed certs` writes the same party URI (fed.names).
 """
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ from typing import Optional
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-#: A certificate names party ``p`` with the URI SubjectAlternativeName PARTY_URI_PREFIX + p.
-PARTY_URI_PREFIX = "rayfed://party/"
+from fed.names import PARTY_URI_PREFIX
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import difflib
 import ipaddress
 import json
 import os
-import re
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Callable, Mapping, Optional, Union
 
@@ -18,26 +17,17 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from fed.errors import FedConfigError
-
-# The environment `fed run` sets for each party process (read by `fed.init`).
-ADDRESSES_ENV = "RAYFED_ADDRESSES"  # JSON {party: "host:port"}
-PARTY_ENV = "RAYFED_PARTY"
-MODE_ENV = "RAYFED_MODE"
-TLS_DIR_ENV = "RAYFED_TLS_DIR"  # a `fed certs` directory
+from fed.names import (  # noqa: F401  (PARTY_NAME_RULE re-exported)
+    ADDRESSES_ENV,
+    MODE_ENV,
+    PARTY_ENV,
+    PARTY_NAME_RULE,
+    PARTY_URI_PREFIX,
+    TLS_DIR_ENV,
+    party_name_problem,
+)
 
 MODES = ("production", "simulation")
-
-# One rule for party names everywhere (fed.init, fed run, fed certs): a name is also a
-# file name, a DNS label and part of a certificate's URI SAN.
-_PARTY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-PARTY_NAME_RULE = "1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
-
-
-def party_name_problem(name: Any) -> Optional[str]:
-    """Why `name` cannot be a party name, or None if it can."""
-    if not isinstance(name, str) or not _PARTY_NAME.fullmatch(name):
-        return f"invalid party name {name!r}: use {PARTY_NAME_RULE}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -242,7 +232,7 @@ def _ca_bundles(ca: Any, parties: list[str], party: str) -> Union[str, dict[str,
 def _check_own_certificate(cert: str, party: str) -> None:
     """With party verification on, peers accept only certificates naming their party
     by URI SAN: a certificate that does not name this party fails here, not at every peer."""
-    from fed.certnames import PARTY_URI_PREFIX, read_names_from_file
+    from fed.certnames import read_names_from_file
 
     try:
         names = read_names_from_file(cert)
@@ -429,60 +419,18 @@ def build_config(
             f"config['barrier_on_initializing'] = {barrier!r} ({type(barrier).__name__}): "
             "expected a bool (True or False, not a string or number)"
         )
-
     mode = mode or os.environ.get(MODE_ENV) or "production"
     if mode not in MODES:
         raise FedConfigError(f"mode must be one of {MODES}, got {mode!r}")
-
-    raw = resolve_addresses(addresses, cluster)
-    parties: dict[str, PartyAddress] = {}
-    for name, entry in raw.items():
-        problem = party_name_problem(name)
-        if problem:
-            raise FedConfigError(problem)
-        parties[name] = _parse_party_entry(name, entry, comm.listen_all_interfaces)
-    if party is None:
-        party = os.environ.get(PARTY_ENV)
-    if not party:
-        raise FedConfigError(f"fed.init needs party=, one of {sorted(parties)}")
-    if party not in parties:
-        close = difflib.get_close_matches(party, list(parties), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FedConfigError(f"party {party!r} is not among the addresses {sorted(parties)}.{hint}")
+    parties = _parse_parties(resolve_addresses(addresses, cluster), comm.listen_all_interfaces)
+    party = _this_party(party, parties)
     if job_name is None:
         job_name = "anonymous"
     if not isinstance(job_name, str) or not job_name or not job_name.isprintable():
         raise FedConfigError(f"job_name must be a non-empty printable string, got {job_name!r}")
-
-    raw_tls = tls_config if tls_config else None
-    if raw_tls is None and os.environ.get(TLS_DIR_ENV):
-        # `fed run --tls`: a `fed certs` directory, whose certificates name their party.
-        tls_dir = os.environ[TLS_DIR_ENV]
-        raw_tls = {
-            "ca_cert": os.path.join(tls_dir, "ca.crt"),
-            "cert": os.path.join(tls_dir, f"{party}.crt"),
-            "key": os.path.join(tls_dir, f"{party}.key"),
-            "verify_party": True,
-        }
+    raw_tls = tls_config if tls_config else _tls_from_env(party)
     tls = TlsConfig.from_dict(raw_tls, list(parties), party) if raw_tls is not None else None
-    egress = EgressConfig.from_dict(config.get("egress"), list(parties))
-    from fed._log import party_logger
-
-    if tls is not None and not tls.verify_party:
-        party_logger(party, job_name).warning(
-            "tls_config['verify_party']=False (shared-certificate mode): peers whose "
-            "certificate names no party are accepted as any party, so anyone holding a "
-            "certificate this CA signed can impersonate a party and receive its values. "
-            "Give each party its own certificate (`fed certs`) and remove verify_party."
-        )
-    if comm.serializing_allowed_list == "*":
-        party_logger(party, job_name).warning(
-            "serializing_allowed_list='*': values from other parties are unpickled without "
-            "restriction, so any peer (or anyone reaching this party's port without TLS) can "
-            "run code here. Use an allowlist unless every peer is fully trusted."
-        )
-
-    return FedConfig(
+    cfg = FedConfig(
         party=party,
         job_name=job_name,
         parties=parties,
@@ -490,5 +438,63 @@ def build_config(
         comm=comm,
         barrier_on_initializing=barrier,
         tls=tls,
-        egress=egress,
+        egress=EgressConfig.from_dict(config.get("egress"), list(parties)),
     )
+    _warn_risky(cfg)
+    return cfg
+
+
+def _parse_parties(raw: Mapping[str, Any], listen_all: bool) -> dict[str, PartyAddress]:
+    parties: dict[str, PartyAddress] = {}
+    for name, entry in raw.items():
+        problem = party_name_problem(name)
+        if problem:
+            raise FedConfigError(problem)
+        parties[name] = _parse_party_entry(name, entry, listen_all)
+    return parties
+
+
+def _this_party(party: Optional[str], parties: Mapping[str, PartyAddress]) -> str:
+    """`party`, else ``RAYFED_PARTY`` (set by `fed run`); one of `parties`."""
+    if party is None:
+        party = os.environ.get(PARTY_ENV)
+    if not party:
+        raise FedConfigError(f"fed.init needs party=, one of {sorted(parties)}")
+    if party not in parties:
+        close = difflib.get_close_matches(str(party), list(parties), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FedConfigError(f"party {party!r} is not among the addresses {sorted(parties)}.{hint}")
+    return party
+
+
+def _tls_from_env(party: str) -> Optional[dict[str, Any]]:
+    """`fed run --tls`: a `fed certs` directory, whose certificates name their party."""
+    tls_dir = os.environ.get(TLS_DIR_ENV)
+    if not tls_dir:
+        return None
+    return {
+        "ca_cert": os.path.join(tls_dir, "ca.crt"),
+        "cert": os.path.join(tls_dir, f"{party}.crt"),
+        "key": os.path.join(tls_dir, f"{party}.key"),
+        "verify_party": True,
+    }
+
+
+def _warn_risky(cfg: FedConfig) -> None:
+    """Settings that are valid but let peers do more than usual: said once, in fed.init."""
+    from fed._log import party_logger
+
+    log = party_logger(cfg.party, cfg.job_name)
+    if cfg.tls is not None and not cfg.tls.verify_party:
+        log.warning(
+            "tls_config['verify_party']=False (shared-certificate mode): peers whose "
+            "certificate names no party are accepted as any party, so anyone holding a "
+            "certificate this CA signed can impersonate a party and receive its values. "
+            "Give each party its own certificate (`fed certs`) and remove verify_party."
+        )
+    if cfg.comm.serializing_allowed_list == "*":
+        log.warning(
+            "serializing_allowed_list='*': values from other parties are unpickled without "
+            "restriction, so any peer (or anyone reaching this party's port without TLS) can "
+            "run code here. Use an allowlist unless every peer is fully trusted."
+        )

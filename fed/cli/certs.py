@@ -17,9 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from fed.certnames import PARTY_URI_PREFIX
 from fed.cli import UsageError
-from fed.config import party_name_problem
+from fed.names import PARTY_URI_PREFIX, party_name_problem
 
 #: File names inside a PKI directory (also what ``RAYFED_TLS_DIR`` points at).
 CA_CERT_FILE = "ca.crt"

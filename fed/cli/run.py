@@ -49,7 +49,7 @@ from fed.cli.certs import (
     validate_parties,
 )
 
-from fed.config import (  # one definition of the variables fed.init reads
+from fed.names import (  # one definition of the variables fed.init reads
     ADDRESSES_ENV as ENV_ADDRESSES,
     MODE_ENV as ENV_MODE,
     PARTY_ENV as ENV_PARTY,

@@ -21,7 +21,8 @@ from typing import Iterable, Optional
 
 from cryptography import x509
 
-from fed.certnames import PARTY_URI_PREFIX, CertNames, read_names
+from fed.certnames import CertNames, read_names
+from fed.names import PARTY_URI_PREFIX
 from fed.config import SHARED_CERT_FIX, TlsConfig
 from fed.errors import FedIdentityError
 
