@@ -105,10 +105,8 @@ def create_dev_pki(
     Existing files of the same names are replaced (a fresh CA each time, so the
     set stays consistent). Raises :class:`UsageError` on bad input.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     parties = validate_parties(parties)
     hosts = [h.strip() for h in hosts if h.strip()]
@@ -116,89 +114,97 @@ def create_dev_pki(
         raise UsageError(f"--days must be positive, got {days}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-
     now = datetime.datetime.now(datetime.timezone.utc)
-    not_before, not_after = now - _BACKDATE, now + datetime.timedelta(days=days)
-
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+    validity = (now - _BACKDATE, now + datetime.timedelta(days=days))
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "rayfed development CA"),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_private(out_dir / CA_KEY_FILE, key_pem(ca_key))
+    ca_cert = _ca_certificate(ca_key, validity)
+    _write_private(out_dir / CA_KEY_FILE, _key_pem(ca_key))
     (out_dir / CA_CERT_FILE).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-
     configs: dict[str, dict] = {}
     for party in parties:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, party),
-                    ]
-                )
-            )
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName(_san_entries(party, hosts)), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        cert = _party_certificate(party, hosts, key, ca_key, ca_cert, validity)
         cert_path, key_path = party_paths(out_dir, party)
-        _write_private(key_path, key_pem(key))
+        _write_private(key_path, _key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         configs[party] = tls_config_for(out_dir, party)
     return configs
+
+
+def _key_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _key_usage(*, ca: bool) -> Any:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=not ca, key_cert_sign=ca,
+        crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
+def _ca_certificate(ca_key: Any, validity: tuple[datetime.datetime, datetime.datetime]) -> Any:
+    """A self-signed CA that may sign leaf certificates only (path length 0)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "rayfed development CA"),
+    ])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _party_certificate(party: str, hosts: Sequence[str], key: Any, ca_key: Any, ca_cert: Any,
+                       validity: tuple[datetime.datetime, datetime.datetime]) -> Any:
+    """A leaf for TLS server and client use naming `party` (URI SAN, DNS SAN and CN)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, party),
+        ]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(eku, critical=False)
+        .add_extension(x509.SubjectAlternativeName(_san_entries(party, hosts)), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
 
 def format_tls_config(config: dict[str, Any]) -> str:
