@@ -144,7 +144,9 @@ def _party(party: str, addresses: dict, gcs: str) -> dict:
     if party == "alice":
         out["second_node"] = _join_cluster(gcs)
         out["driver_node"] = ray.get_runtime_context().get_node_id()
-        out["default_nodes"] = [receiver_placement(h, None).node_id for h in ("127.0.0.1", "0.0.0.0")]
+        out["placements"] = {h: receiver_placement(h, None).node_id
+                             for h in ("127.0.0.1", "0.0.0.0", "localhost", SECOND_NODE_IP)}
+        out["labelled"] = receiver_placement(SECOND_NODE_IP, {"second": 1}).strategy
     else:
         start_ray(num_cpus=1)
     fed.init(addresses=addresses, party=party, job_name=JOB)
@@ -183,8 +185,11 @@ def test_party_on_a_two_node_cluster_exchanges_values_both_ways(two_node_cluster
     assert second != driver
     # The receiver runs where alice's listen address (127.0.0.2) lives: the second node.
     assert alice["receiver_node"] == second
-    # Loopback or wildcard listen hosts: the driver's node.
-    assert alice["default_nodes"] == [driver, driver]
+    # Loopback, wildcard or host-name listen hosts: the driver's node; a node's own IP:
+    # that node; recv_resource_label: Ray chooses among the labelled nodes.
+    assert alice["placements"] == {"127.0.0.1": driver, "0.0.0.0": driver, "localhost": driver,
+                                   SECOND_NODE_IP: second}
+    assert alice["labelled"] is None
     for result in (alice, bob):
         node_at_bob, value_at_bob, _ = result["at_bob"]
         node_at_alice, value_at_alice, fed_file = result["at_alice"]
