@@ -11,13 +11,21 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Annotated, Any, Callable, Mapping, Optional, Union
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from fed.errors import FedConfigError
-
-ADDRESSES_ENV = "RAYFED_ADDRESSES"
-MODE_ENV = "RAYFED_MODE"
-TLS_DIR_ENV = "RAYFED_TLS_DIR"
+from fed.names import (  # noqa: F401  (PARTY_NAME_RULE re-exported)
+    ADDRESSES_ENV,
+    MODE_ENV,
+    PARTY_ENV,
+    PARTY_NAME_RULE,
+    PARTY_URI_PREFIX,
+    TLS_DIR_ENV,
+    party_name_problem,
+)
 
 MODES = ("production", "simulation")
 
@@ -59,78 +67,97 @@ class PartyAddress:
     listen: Address
 
 
-@dataclass
+_STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
+_Positive = Annotated[float, Field(gt=0)]
+_PositiveInt = Annotated[int, Field(gt=0)]
+
+
+@pydantic_dataclass(config=_STRICT)
 class CrossSiloCommConfig:
     """RayFed's ``config["cross_silo_comm"]`` keys, plus rayfed's own channel settings.
 
-    Times are in milliseconds where RayFed used milliseconds, seconds otherwise.
+    Times are in milliseconds where RayFed used milliseconds, seconds otherwise. Types
+    are strict (pydantic strict mode): ``"false"`` is not a bool and ``0.5`` is not an
+    int, so a templated or YAML-quoted value fails `fed.init` instead of meaning True.
     """
 
-    timeout_in_ms: int = 60000
-    messages_max_size_in_bytes: Optional[int] = None
+    timeout_in_ms: _Positive = 60000
+    messages_max_size_in_bytes: Optional[_PositiveInt] = None
     exit_on_sending_failure: bool = False
     continue_waiting_for_data_sending_on_error: bool = False
-    serializing_allowed_list: Any = None
+    serializing_allowed_list: Any = None  # checked by fed.serialization.Allowlist
     expose_error_trace: bool = False
-    max_concurrency: Optional[int] = None
-    send_resource_label: Optional[dict] = None
-    recv_resource_label: Optional[dict] = None
-    proxy_max_restarts: Optional[int] = None
+    max_concurrency: Optional[_PositiveInt] = None
+    send_resource_label: Optional[dict[str, float]] = None
+    recv_resource_label: Optional[dict[str, float]] = None
+    proxy_max_restarts: Optional[Annotated[int, Field(ge=0)]] = None
     # RayFed keys that have no meaning for the TCP channel: accepted, documented as no-ops.
     use_global_proxy: Optional[bool] = None
     http_header: Optional[dict] = None
     grpc_channel_options: Optional[list] = None
     grpc_retry_policy: Optional[dict] = None
     # rayfed's own settings.
-    chunk_size_in_bytes: int = 4 * 1024 * 1024
-    connections_per_peer: int = 4
-    peer_timeout_s: float = 10.0
-    startup_timeout_s: float = 60.0
-    shutdown_flush_timeout_s: float = 30.0
+    chunk_size_in_bytes: _PositiveInt = 4 * 1024 * 1024
+    connections_per_peer: Annotated[int, Field(ge=1)] = 4
+    peer_timeout_s: _Positive = 10.0
+    startup_timeout_s: _Positive = 60.0
+    shutdown_flush_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     listen_all_interfaces: bool = False
     # Receiver bounds (docs/security.md). A value larger than the per-peer buffer is
     # still admitted when nothing else from that peer is held, or when it is awaited.
-    max_buffered_bytes_per_peer: Optional[int] = 2 * 1024**3
-    max_header_bytes: int = 1024 * 1024
-    max_frames_per_value: int = 1_000_000
+    max_buffered_bytes_per_peer: Optional[_PositiveInt] = 2 * 1024**3
+    max_header_bytes: Annotated[int, Field(ge=4096)] = 1024 * 1024
+    max_frames_per_value: _PositiveInt = 1_000_000
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CrossSiloCommConfig":
+        where = "config['cross_silo_comm']"
+        if data is not None and not isinstance(data, Mapping):
+            raise FedConfigError(f"{where} must be a dict, got {data!r}")
         data = dict(data or {})
-        _reject_unknown(data, [f.name for f in fields(cls)], "config['cross_silo_comm']")
-        cfg = cls(**data)
-        cfg._validate()
-        return cfg
-
-    def _validate(self) -> None:
-        positive = {
-            "timeout_in_ms": self.timeout_in_ms,
-            "chunk_size_in_bytes": self.chunk_size_in_bytes,
-            "connections_per_peer": self.connections_per_peer,
-            "peer_timeout_s": self.peer_timeout_s,
-            "startup_timeout_s": self.startup_timeout_s,
-        }
-        for name, value in positive.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise FedConfigError(
-                    f"config['cross_silo_comm']['{name}'] must be a positive number, got {value!r}"
-                )
-        for name in ("messages_max_size_in_bytes", "max_buffered_bytes_per_peer"):
-            limit = getattr(self, name)
-            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
-                raise FedConfigError(
-                    f"config['cross_silo_comm']['{name}'] must be a positive "
-                    f"int or None (no limit), got {limit!r}"
-                )
-        for name, floor in (("max_header_bytes", 4096), ("max_frames_per_value", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < floor:
-                raise FedConfigError(
-                    f"config['cross_silo_comm']['{name}'] must be an int >= {floor}, got {value!r}"
-                )
+        _reject_unknown(data, [f.name for f in fields(cls)], where)
+        cfg = _typed(cls, data, where)
         from fed.serialization import Allowlist
 
-        Allowlist.from_config(self.serializing_allowed_list)  # bad entries fail in fed.init
+        Allowlist.from_config(cfg.serializing_allowed_list)  # bad entries fail in fed.init
+        return cfg
+
+
+def _typed(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls(**data)`` with pydantic's strict checks, as a FedConfigError naming the key,
+    the value given and the type expected."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = "".join(f"[{part!r}]" for part in err["loc"])
+            given = err.get("input")
+            problems.append(
+                f"{where}{loc} = {given!r} ({type(given).__name__}): {_expected(err)}"
+            )
+        raise FedConfigError("; ".join(problems)) from None
+
+
+def _expected(err: Mapping[str, Any]) -> str:
+    """pydantic's message, reworded for the types users write in a config dict."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    for bound, sign in (("ge", ">="), ("gt", ">")):
+        if bound in ctx:
+            return f"expected a value {sign} {ctx[bound]}"
+    names = {"bool_type": "expected a bool (True or False, not a string or number)",
+             "int_type": "expected an int (not a float, bool or string)",
+             "float_type": "expected a number (int or float, not a bool or string)",
+             "dict_type": "expected a dict", "list_type": "expected a list"}
+    return names.get(kind, err["msg"].replace("Input should be", "expected a value"))
+
+
+SHARED_CERT_FIX = (
+    "To keep RayFed's one certificate shared by all parties, add \"verify_party\": False "
+    "to tls_config (shared-certificate mode: any holder of a certificate the CA signed can "
+    "then speak as any party, see docs/security.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -139,14 +166,15 @@ class TlsConfig:
 
     ``ca_cert`` is one CA bundle trusted for every peer, or ``{party: bundle}``: then a
     certificate is the party's whose CA bundle issued it, so parties need not share a
-    CA. ``verify_party`` refuses peers whose certificate names no party (RayFed's one
-    shared certificate) instead of accepting them with a warning.
+    CA. ``verify_party`` (default True): every certificate must name its party with the
+    URI SAN ``rayfed://party/<name>``. False is RayFed's shared-certificate mode, only
+    when given explicitly: certificates that name no party are accepted (with a warning).
     """
 
     cert: str
     key: str
     ca_cert: Union[str, Mapping[str, str]]
-    verify_party: bool = False
+    verify_party: bool = True
 
     @property
     def per_party_ca(self) -> bool:
@@ -161,6 +189,8 @@ class TlsConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], parties: list[str], party: str) -> "TlsConfig":
+        if not isinstance(data, Mapping):
+            raise FedConfigError(f"tls_config must be a dict, got {data!r}")
         _reject_unknown(data, ["ca_cert", "cert", "key", "verify_party"], "tls_config")
         for key in ("ca_cert", "cert", "key"):
             if not data.get(key):
@@ -168,27 +198,54 @@ class TlsConfig:
                     f"tls_config needs {key!r} (a file path); got keys {sorted(data)}. "
                     "`fed certs` creates a development set."
                 )
-        ca = data["ca_cert"]
-        if isinstance(ca, Mapping):
-            _reject_unknown(ca, parties, "tls_config['ca_cert']")
-            missing = [p for p in parties if p != party and p not in ca]
-            if missing:
-                raise FedConfigError(
-                    f"tls_config['ca_cert'] has no CA bundle for {missing}: with one CA per "
-                    "party every peer needs an entry (or pass one path for all)"
-                )
-            ca = {p: _existing_file(path, f"tls_config['ca_cert'][{p!r}]") for p, path in ca.items()}
-        else:
-            ca = _existing_file(ca, "tls_config['ca_cert']")
-        verify = data.get("verify_party", False)
+        verify = data.get("verify_party", True)
         if not isinstance(verify, bool):
-            raise FedConfigError(f"tls_config['verify_party'] must be a bool, got {verify!r}")
-        return cls(
+            raise FedConfigError(
+                f"tls_config['verify_party'] = {verify!r} ({type(verify).__name__}): expected a "
+                "bool (True or False, not a string or number)"
+            )
+        tls = cls(
             cert=_existing_file(data["cert"], "tls_config['cert']"),
             key=_existing_file(data["key"], "tls_config['key']"),
-            ca_cert=ca,
+            ca_cert=_ca_bundles(data["ca_cert"], parties, party),
             verify_party=verify,
         )
+        if verify:
+            _check_own_certificate(tls.cert, party)
+        return tls
+
+
+def _ca_bundles(ca: Any, parties: list[str], party: str) -> Union[str, dict[str, str]]:
+    """One CA bundle path, or ``{party: path}`` covering every peer."""
+    if not isinstance(ca, Mapping):
+        return _existing_file(ca, "tls_config['ca_cert']")
+    _reject_unknown(ca, parties, "tls_config['ca_cert']")
+    missing = [p for p in parties if p != party and p not in ca]
+    if missing:
+        raise FedConfigError(
+            f"tls_config['ca_cert'] has no CA bundle for {missing}: with one CA per "
+            "party every peer needs an entry (or pass one path for all)"
+        )
+    return {p: _existing_file(path, f"tls_config['ca_cert'][{p!r}]") for p, path in ca.items()}
+
+
+def _check_own_certificate(cert: str, party: str) -> None:
+    """With party verification on, peers accept only certificates naming their party
+    by URI SAN: a certificate that does not name this party fails here, not at every peer."""
+    from fed.certnames import read_names_from_file
+
+    try:
+        names = read_names_from_file(cert)
+    except ValueError as exc:
+        raise FedConfigError(f"tls_config['cert']: {cert!r} is not a PEM certificate: {exc}") from None
+    if names.uri_parties == (party,):
+        return
+    raise FedConfigError(
+        f"tls_config['cert'] {cert!r} does not name party {party!r} ({names.describe()}): with "
+        f"party verification on (the default) each party's certificate must carry exactly the "
+        f"URI SAN {PARTY_URI_PREFIX}{party} (`fed certs` issues such certificates). "
+        + SHARED_CERT_FIX
+    )
 
 
 def _existing_file(path: Any, what: str) -> str:
@@ -351,58 +408,29 @@ def build_config(
     mode: Optional[str],
 ) -> FedConfig:
     """Validate every argument of `fed.init` and return the typed result."""
+    if config is not None and not isinstance(config, Mapping):
+        raise FedConfigError(f"fed.init(config=...) must be a dict, got {config!r}")
     config = dict(config or {})
     _reject_unknown(config, list(TOP_LEVEL_KEYS), "fed.init(config=...)")
     comm = CrossSiloCommConfig.from_dict(config.get("cross_silo_comm"))
     barrier = config.get("barrier_on_initializing", False)
     if not isinstance(barrier, bool):
-        raise FedConfigError(f"config['barrier_on_initializing'] must be a bool, got {barrier!r}")
-
+        raise FedConfigError(
+            f"config['barrier_on_initializing'] = {barrier!r} ({type(barrier).__name__}): "
+            "expected a bool (True or False, not a string or number)"
+        )
     mode = mode or os.environ.get(MODE_ENV) or "production"
     if mode not in MODES:
         raise FedConfigError(f"mode must be one of {MODES}, got {mode!r}")
-
-    raw = resolve_addresses(addresses, cluster)
-    parties: dict[str, PartyAddress] = {}
-    for name, entry in raw.items():
-        if not isinstance(name, str) or not name or not name.isprintable() or "/" in name:
-            raise FedConfigError(f"party names must be non-empty printable strings, got {name!r}")
-        parties[name] = _parse_party_entry(name, entry, comm.listen_all_interfaces)
-    if party is None:
-        party = os.environ.get("RAYFED_PARTY")
-    if not party:
-        raise FedConfigError(f"fed.init needs party=, one of {sorted(parties)}")
-    if party not in parties:
-        close = difflib.get_close_matches(party, list(parties), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FedConfigError(f"party {party!r} is not among the addresses {sorted(parties)}.{hint}")
+    parties = _parse_parties(resolve_addresses(addresses, cluster), comm.listen_all_interfaces)
+    party = _this_party(party, parties)
     if job_name is None:
         job_name = "anonymous"
     if not isinstance(job_name, str) or not job_name or not job_name.isprintable():
         raise FedConfigError(f"job_name must be a non-empty printable string, got {job_name!r}")
-
-    raw_tls = dict(tls_config) if tls_config else None
-    if raw_tls is None and os.environ.get(TLS_DIR_ENV):
-        # `fed run --tls`: a `fed certs` directory, whose certificates name their party.
-        tls_dir = os.environ[TLS_DIR_ENV]
-        raw_tls = {
-            "ca_cert": os.path.join(tls_dir, "ca.crt"),
-            "cert": os.path.join(tls_dir, f"{party}.crt"),
-            "key": os.path.join(tls_dir, f"{party}.key"),
-            "verify_party": True,
-        }
+    raw_tls = tls_config if tls_config else _tls_from_env(party)
     tls = TlsConfig.from_dict(raw_tls, list(parties), party) if raw_tls is not None else None
-    egress = EgressConfig.from_dict(config.get("egress"), list(parties))
-    if comm.serializing_allowed_list == "*":
-        from fed._log import party_logger
-
-        party_logger(party, job_name).warning(
-            "serializing_allowed_list='*': values from other parties are unpickled without "
-            "restriction, so any peer (or anyone reaching this party's port without TLS) can "
-            "run code here. Use an allowlist unless every peer is fully trusted."
-        )
-
-    return FedConfig(
+    cfg = FedConfig(
         party=party,
         job_name=job_name,
         parties=parties,
@@ -410,5 +438,63 @@ def build_config(
         comm=comm,
         barrier_on_initializing=barrier,
         tls=tls,
-        egress=egress,
+        egress=EgressConfig.from_dict(config.get("egress"), list(parties)),
     )
+    _warn_risky(cfg)
+    return cfg
+
+
+def _parse_parties(raw: Mapping[str, Any], listen_all: bool) -> dict[str, PartyAddress]:
+    parties: dict[str, PartyAddress] = {}
+    for name, entry in raw.items():
+        problem = party_name_problem(name)
+        if problem:
+            raise FedConfigError(problem)
+        parties[name] = _parse_party_entry(name, entry, listen_all)
+    return parties
+
+
+def _this_party(party: Optional[str], parties: Mapping[str, PartyAddress]) -> str:
+    """`party`, else ``RAYFED_PARTY`` (set by `fed run`); one of `parties`."""
+    if party is None:
+        party = os.environ.get(PARTY_ENV)
+    if not party:
+        raise FedConfigError(f"fed.init needs party=, one of {sorted(parties)}")
+    if party not in parties:
+        close = difflib.get_close_matches(str(party), list(parties), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FedConfigError(f"party {party!r} is not among the addresses {sorted(parties)}.{hint}")
+    return party
+
+
+def _tls_from_env(party: str) -> Optional[dict[str, Any]]:
+    """`fed run --tls`: a `fed certs` directory, whose certificates name their party."""
+    tls_dir = os.environ.get(TLS_DIR_ENV)
+    if not tls_dir:
+        return None
+    return {
+        "ca_cert": os.path.join(tls_dir, "ca.crt"),
+        "cert": os.path.join(tls_dir, f"{party}.crt"),
+        "key": os.path.join(tls_dir, f"{party}.key"),
+        "verify_party": True,
+    }
+
+
+def _warn_risky(cfg: FedConfig) -> None:
+    """Settings that are valid but let peers do more than usual: said once, in fed.init."""
+    from fed._log import party_logger
+
+    log = party_logger(cfg.party, cfg.job_name)
+    if cfg.tls is not None and not cfg.tls.verify_party:
+        log.warning(
+            "tls_config['verify_party']=False (shared-certificate mode): peers whose "
+            "certificate names no party are accepted as any party, so anyone holding a "
+            "certificate this CA signed can impersonate a party and receive its values. "
+            "Give each party its own certificate (`fed certs`) and remove verify_party."
+        )
+    if cfg.comm.serializing_allowed_list == "*":
+        log.warning(
+            "serializing_allowed_list='*': values from other parties are unpickled without "
+            "restriction, so any peer (or anyone reaching this party's port without TLS) can "
+            "run code here. Use an allowlist unless every peer is fully trusted."
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_tls_config_forms_and_errors(pki: Path, tmp_path: Path, monkeypatch) -> 
     main = pki / "main"
     base = {"cert": str(main / "alice.crt"), "key": str(main / "alice.key")}
     cfg = init_config(tmp_path, tls={**base, "ca_cert": str(main / "ca.crt")})
-    assert cfg.tls.verify_party is False and not cfg.tls.per_party_ca
+    assert cfg.tls.verify_party is True and not cfg.tls.per_party_ca  # on by default
     per_party = {"bob": str(main / "ca.crt"), "carol": str(pki / "rogue" / "ca.crt")}
     cfg = init_config(tmp_path, tls={**base, "ca_cert": per_party, "verify_party": True})
     assert cfg.tls.ca_for("carol").endswith("rogue/ca.crt") and cfg.tls.verify_party
@@ -73,17 +74,41 @@ def test_tls_config_forms_and_errors(pki: Path, tmp_path: Path, monkeypatch) -> 
         ({**base, "ca_cert": {"bob": per_party["bob"]}}, "no CA bundle for ['carol']"),
         ({**base, "ca_cert": {**per_party, "bbo": per_party["bob"]}}, "Did you mean 'bob'"),
         ({**base, "ca_cert": str(main / "nope.crt")}, "no such file"),
-        ({**base, "ca_cert": per_party, "verify_party": "yes"}, "must be a bool"),
+        ({**base, "ca_cert": per_party, "verify_party": "yes"},
+         "tls_config['verify_party'] = 'yes' (str): expected a bool"),
         ({**base, "ca_cert": per_party, "verify_parties": True}, "Did you mean 'verify_party'"),
         (base, "needs 'ca_cert'"),
     ]
     for tls, message in bad:
-        with pytest.raises(FedConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(FedConfigError, match=re.escape(message)):
             init_config(tmp_path, tls=tls)
     # `fed run --tls` exports a `fed certs` directory: identity is then mandatory.
     monkeypatch.setenv("RAYFED_TLS_DIR", str(main))
     cfg = init_config(tmp_path)
     assert cfg.tls.verify_party is True and cfg.tls.cert == str(main / "alice.crt")
+
+
+def test_shared_certificate_needs_the_explicit_opt_in(pki: Path, tmp_path: Path, caplog) -> None:
+    """RayFed's tls_config (ca_cert, cert, key) with one certificate for all parties fails
+    fed.init saying exactly what to add; a CN or DNS name alone does not name a party."""
+    main, extra = pki / "main", pki / "extra"
+    ca = str(main / "ca.crt")
+    for cert, party in (("shared", "alice"), ("cn_bob", "bob"), ("both", "alice")):
+        rayfed_form = {"ca_cert": ca, "cert": str(extra / f"{cert}.crt"), "key": str(extra / f"{cert}.key")}
+        with pytest.raises(FedConfigError) as info:
+            init_config(tmp_path, tls=rayfed_form, party=party)
+        text = str(info.value)
+        assert f"does not name party {party!r}" in text and "rayfed://party/" in text
+        assert 'add "verify_party": False to tls_config' in text
+        with caplog.at_level(logging.WARNING, logger="fed"):
+            cfg = init_config(tmp_path, tls={**rayfed_form, "verify_party": False}, party=party)
+        assert cfg.tls.verify_party is False
+    warned = [r.getMessage() for r in caplog.records if "shared-certificate mode" in r.getMessage()]
+    assert warned and "impersonate a party" in warned[0]
+    # Another party's certificate is not this party's either.
+    with pytest.raises(FedConfigError, match="does not name party 'alice'"):
+        init_config(tmp_path, tls={"ca_cert": ca, "cert": str(main / "bob.crt"),
+                                   "key": str(main / "bob.key")})
 
 
 def test_egress_and_limit_config_validation(tmp_path: Path) -> None:
@@ -99,9 +124,9 @@ def test_egress_and_limit_config_validation(tmp_path: Path) -> None:
         ({"egress": {"policy": "deny"}}, "must be callable"),
         ({"egress": {"audit_log": str(tmp_path / "no" / "dir" / "a.jsonl")}}, "cannot append"),
         ({"egres": {}}, "Did you mean 'egress'"),
-        ({"cross_silo_comm": {"max_buffered_bytes_per_peer": 0}}, "positive int or None"),
-        ({"cross_silo_comm": {"max_header_bytes": 100}}, "int >= 4096"),
-        ({"cross_silo_comm": {"max_frames_per_value": True}}, "int >= 1"),
+        ({"cross_silo_comm": {"max_buffered_bytes_per_peer": 0}}, "= 0 \\(int\\): expected a value > 0"),
+        ({"cross_silo_comm": {"max_header_bytes": 100}}, "expected a value >= 4096"),
+        ({"cross_silo_comm": {"max_frames_per_value": True}}, "= True \\(bool\\): expected an int"),
         ({"cross_silo_comm": {"max_frame_per_value": 5}}, "Did you mean 'max_frames_per_value'"),
         ({"cross_silo_comm": {"serializing_allowed_list": ["*"]}}, "serializing_allowed_list"),
     ]
@@ -145,7 +170,7 @@ def test_refused_type_names_type_and_exact_config() -> None:
 # ---- identity from certificates ---------------------------------------------------------------
 
 
-def verifier(pki: Path, *, ca=None, verify: bool = False, log=None) -> IdentityVerifier:
+def verifier(pki: Path, *, ca=None, verify: bool = True, log=None) -> IdentityVerifier:
     from fed.config import TlsConfig
 
     main = pki / "main"
@@ -154,37 +179,55 @@ def verifier(pki: Path, *, ca=None, verify: bool = False, log=None) -> IdentityV
     return IdentityVerifier(tls, PARTIES, log or logging.LoggerAdapter(logging.getLogger("fed"), {}))
 
 
-def test_certificate_names_bind_the_party(pki: Path, caplog) -> None:
+def test_certificate_names_bind_the_party(pki: Path) -> None:
     main, extra = pki / "main", pki / "extra"
-    v = verifier(pki)
+    v = verifier(pki)  # the default: party verification on
     v.check(der_of(str(main / "alice.crt")), "alice", as_server=False)
-    v.check(der_of(str(extra / "cn_bob.crt")), "bob", as_server=True)  # CN fallback
     with pytest.raises(FedIdentityError, match=r"certificate of \['carol'\]"):
         v.check(der_of(str(main / "carol.crt")), "alice", as_server=False)
     with pytest.raises(FedIdentityError, match="the server at party 'carol'"):
         v.check(der_of(str(main / "alice.crt")), "carol", as_server=True)
     with pytest.raises(FedIdentityError, match="no certificate"):
         v.check(None, "alice", as_server=False)
-    # RayFed's shared certificate (and one naming several parties): accepted, warned once.
+    # A certificate naming the party only by CN or DNS SAN is not that party's, and a
+    # certificate naming no party is refused, on both sides, with the opt-in spelled out.
+    for cert, party in (("cn_bob", "bob"), ("both", "alice"), ("shared", "alice")):
+        for as_server in (False, True):
+            with pytest.raises(FedIdentityError, match="names no party") as info:
+                v.check(der_of(str(extra / f"{cert}.crt")), party, as_server=as_server)
+            assert 'add "verify_party": False to tls_config' in str(info.value)
+
+
+def test_shared_certificate_mode_accepts_unnamed_certificates_with_a_warning(pki: Path, caplog) -> None:
+    main, extra = pki / "main", pki / "extra"
+    v = verifier(pki, verify=False)
+    v.check(der_of(str(extra / "cn_bob.crt")), "bob", as_server=True)  # CN counts here
+    with pytest.raises(FedIdentityError, match=r"certificate of \['bob'\]"):
+        v.check(der_of(str(extra / "cn_bob.crt")), "alice", as_server=False)
+    with pytest.raises(FedIdentityError, match=r"certificate of \['carol'\]"):
+        v.check(der_of(str(main / "carol.crt")), "alice", as_server=False)
     with caplog.at_level(logging.WARNING, logger="fed"):
         for _ in range(3):
             v.check(der_of(str(extra / "shared.crt")), "alice", as_server=False)
             v.check(der_of(str(extra / "both.crt")), "bob", as_server=False)
-    assert len([r for r in caplog.records if "cannot be told apart" in r.getMessage()]) == 1
-    strict = verifier(pki, verify=True)
-    for cert in ("shared", "both"):
-        with pytest.raises(FedIdentityError, match="verify_party"):
-            strict.check(der_of(str(extra / f"{cert}.crt")), "alice", as_server=False)
+    warned = [r.getMessage() for r in caplog.records if "cannot be told apart" in r.getMessage()]
+    assert len(warned) == 1 and "can speak as any party" in warned[0]
 
 
 def test_per_party_ca_attributes_certificates_by_issuer(pki: Path) -> None:
-    main, rogue = pki / "main", pki / "rogue"
+    main, rogue, extra = pki / "main", pki / "rogue", pki / "extra"
     ca = {"alice": str(main / "ca.crt"), "bob": str(main / "ca.crt"), "carol": str(rogue / "ca.crt")}
-    v = verifier(pki, ca=ca, verify=True)
+    v = verifier(pki, ca=ca)
     v.check(der_of(str(main / "alice.crt")), "alice", as_server=False)
     # carol's CA minted a certificate naming alice: it is carol's CA speaking, not alice.
     with pytest.raises(FedIdentityError, match=r"issued by the CA of \['carol'\]"):
         v.check(der_of(str(rogue / "alice.crt")), "alice", as_server=False)
+    # The issuer alone does not name a party while verification is on.
+    only_carol_ca = {"alice": str(rogue / "ca.crt"), "bob": str(rogue / "ca.crt"),
+                     "carol": str(main / "ca.crt")}
+    issued_by_main = der_of(str(extra / "shared.crt"))
+    with pytest.raises(FedIdentityError, match="names no party"):
+        verifier(pki, ca=only_carol_ca).check(issued_by_main, "carol", as_server=False)
     # A CA no party's bundle holds.
     only_main = {"alice": str(main / "ca.crt"), "bob": str(main / "ca.crt"), "carol": str(main / "ca.crt")}
     with pytest.raises(FedIdentityError, match="no party's CA bundle"):

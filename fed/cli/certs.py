@@ -1,10 +1,10 @@
 """``fed certs``: a throwaway development PKI for mutual TLS between parties.
 
-One CA signs one certificate per party. A party certificate names the party in
-three places so that the transport can check *which* party is on the other end
-(not just that it holds some certificate from the CA): the subject CN, a DNS
-SubjectAlternativeName, and the URI SAN ``rayfed://party/<name>``. Hosts are
-added as SANs so ordinary hostname verification also succeeds. Each
+One CA signs one certificate per party. A party certificate carries the URI SAN
+``rayfed://party/<name>``: that is what the transport checks to know *which* party
+is on the other end (not just that it holds some certificate from the CA). The
+subject CN and a DNS SAN also hold the name, for people reading the certificate;
+hosts are added as SANs so ordinary hostname verification also succeeds. Each
 certificate is valid both as TLS server and TLS client, since every party is
 both. Not for production: the CA key sits next to the certificates.
 """
@@ -14,34 +14,31 @@ import argparse
 import datetime
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from fed.cli import UsageError
+from fed.names import PARTY_URI_PREFIX, party_name_problem
 
 #: File names inside a PKI directory (also what ``RAYFED_TLS_DIR`` points at).
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
-PARTY_URI_PREFIX = "rayfed://party/"
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 DEFAULT_DAYS = 30
 
-_PARTY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Tolerate modest clock skew between parties.
 _BACKDATE = datetime.timedelta(minutes=5)
 
 
 def validate_parties(parties: Sequence[str]) -> list[str]:
-    """Check party names are non-empty, unique and safe as file/DNS names."""
+    """Check party names follow fed.init's rule (also safe as file/DNS names) and are unique."""
     names = [p.strip() for p in parties]
     if not names or any(not n for n in names):
         raise UsageError("--parties needs a comma-separated list of party names, e.g. alice,bob")
     for n in names:
-        if not _PARTY_RE.match(n) or n in (".", ".."):
-            raise UsageError(
-                f"invalid party name {n!r}: use letters, digits, '_', '-', '.' (start with a letter or digit)"
-            )
+        problem = party_name_problem(n)
+        if problem:
+            raise UsageError(problem)
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise UsageError(f"duplicate party name(s): {', '.join(dups)}")
@@ -108,10 +105,8 @@ def create_dev_pki(
     Existing files of the same names are replaced (a fresh CA each time, so the
     set stays consistent). Raises :class:`UsageError` on bad input.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     parties = validate_parties(parties)
     hosts = [h.strip() for h in hosts if h.strip()]
@@ -119,89 +114,97 @@ def create_dev_pki(
         raise UsageError(f"--days must be positive, got {days}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-
     now = datetime.datetime.now(datetime.timezone.utc)
-    not_before, not_after = now - _BACKDATE, now + datetime.timedelta(days=days)
-
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+    validity = (now - _BACKDATE, now + datetime.timedelta(days=days))
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "rayfed development CA"),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_private(out_dir / CA_KEY_FILE, key_pem(ca_key))
+    ca_cert = _ca_certificate(ca_key, validity)
+    _write_private(out_dir / CA_KEY_FILE, _key_pem(ca_key))
     (out_dir / CA_CERT_FILE).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-
     configs: dict[str, dict] = {}
     for party in parties:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, party),
-                    ]
-                )
-            )
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName(_san_entries(party, hosts)), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        cert = _party_certificate(party, hosts, key, ca_key, ca_cert, validity)
         cert_path, key_path = party_paths(out_dir, party)
-        _write_private(key_path, key_pem(key))
+        _write_private(key_path, _key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         configs[party] = tls_config_for(out_dir, party)
     return configs
+
+
+def _key_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _key_usage(*, ca: bool) -> Any:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=not ca, key_cert_sign=ca,
+        crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
+def _ca_certificate(ca_key: Any, validity: tuple[datetime.datetime, datetime.datetime]) -> Any:
+    """A self-signed CA that may sign leaf certificates only (path length 0)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "rayfed development CA"),
+    ])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _party_certificate(party: str, hosts: Sequence[str], key: Any, ca_key: Any, ca_cert: Any,
+                       validity: tuple[datetime.datetime, datetime.datetime]) -> Any:
+    """A leaf for TLS server and client use naming `party` (URI SAN, DNS SAN and CN)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rayfed development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, party),
+        ]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(eku, critical=False)
+        .add_extension(x509.SubjectAlternativeName(_san_entries(party, hosts)), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
 
 def format_tls_config(config: dict[str, Any]) -> str:

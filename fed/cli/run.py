@@ -49,10 +49,12 @@ from fed.cli.certs import (
     validate_parties,
 )
 
-ENV_ADDRESSES = "RAYFED_ADDRESSES"
-ENV_PARTY = "RAYFED_PARTY"
-ENV_MODE = "RAYFED_MODE"
-ENV_TLS_DIR = "RAYFED_TLS_DIR"
+from fed.names import (  # one definition of the variables fed.init reads
+    ADDRESSES_ENV as ENV_ADDRESSES,
+    MODE_ENV as ENV_MODE,
+    PARTY_ENV as ENV_PARTY,
+    TLS_DIR_ENV as ENV_TLS_DIR,
+)
 SIMULATION_MODE = "simulation"
 
 EXIT_TIMEOUT = 124

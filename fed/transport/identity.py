@@ -5,68 +5,26 @@ CA for a whole federation any party could then claim to be any other. Here the
 certificate itself must name the party the connection claims (receiver side) or was
 meant to reach (sender side):
 
-* names: the URI SAN ``rayfed://party/<name>`` (what ``fed certs`` writes), else DNS
-  SANs that are party names of this job, else the subject CN if it is one;
+* names: the URI SAN ``rayfed://party/<name>`` (what ``fed certs`` writes). Only in
+  shared-certificate mode (``verify_party=False``, given explicitly) do DNS SANs or
+  the subject CN that equal a party name count, and does a certificate that names no
+  party pass (with a one-time warning): host names and CNs collide with party names
+  under an organisation's CA;
 * issuers (when ``tls_config["ca_cert"]`` is one bundle per party): the parties whose
   CA bundle directly issued the certificate. A certificate only carol's CA issued is
   carol's, whatever names it carries.
-
-A certificate that names no party (RayFed's one certificate shared by all parties)
-cannot tell parties apart: accepted with a one-time warning, or refused when
-``verify_party`` is set.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
-from fed.config import TlsConfig
+from fed.certnames import CertNames, read_names
+from fed.names import PARTY_URI_PREFIX
+from fed.config import SHARED_CERT_FIX, TlsConfig
 from fed.errors import FedIdentityError
-
-PARTY_URI_PREFIX = "rayfed://party/"
-
-
-@dataclass(frozen=True)
-class CertNames:
-    """The identity-bearing names of one certificate."""
-
-    uri_parties: tuple[str, ...]
-    dns: tuple[str, ...]
-    cn: Optional[str]
-
-    def parties(self, known: frozenset[str]) -> frozenset[str]:
-        """Party names the certificate asserts: URI SANs, else DNS SANs, else CN."""
-        if self.uri_parties:
-            return frozenset(self.uri_parties)
-        dns = frozenset(d for d in self.dns if d in known)
-        if dns:
-            return dns
-        return frozenset([self.cn]) if self.cn in known else frozenset()
-
-    def describe(self) -> str:
-        parts = [f"URI rayfed://party/{p}" for p in self.uri_parties]
-        parts += [f"DNS {d}" for d in self.dns] + ([f"CN {self.cn}"] if self.cn else [])
-        return ", ".join(parts) or "no names"
-
-
-def read_names(cert: x509.Certificate) -> CertNames:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        dns = san.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        uris, dns = [], []
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = cns[0].value if cns else None
-    return CertNames(
-        uri_parties=tuple(u[len(PARTY_URI_PREFIX):] for u in uris if u.startswith(PARTY_URI_PREFIX)),
-        dns=tuple(dns),
-        cn=cn if isinstance(cn, str) else None,
-    )
 
 
 def _load_bundle(path: str) -> list[x509.Certificate]:
@@ -108,7 +66,7 @@ class IdentityVerifier:
             raise FedIdentityError("identity", f"{role} presented no certificate")
         cert = x509.load_der_x509_certificate(der)
         names = read_names(cert)
-        named = names.parties(self._parties)
+        named = names.parties(self._parties, uri_only=self._verify_party)
         candidates = named
         if self._issuers is not None:
             issuers = frozenset(p for p, cas in self._issuers.items() if any(_issued_by(cert, c) for c in cas))
@@ -119,7 +77,7 @@ class IdentityVerifier:
                     "in tls_config['ca_cert'] issued directly; add the issuing (intermediate) CA "
                     "to that party's bundle",
                 )
-            candidates = issuers & named if named else issuers
+            candidates = issuers & named if (named or self._verify_party) else issuers
             if named and not candidates:
                 raise FedIdentityError(
                     "identity",
@@ -144,13 +102,16 @@ class IdentityVerifier:
         if self._verify_party:
             raise FedIdentityError(
                 "identity",
-                f"{role} presented a certificate that {why}, and tls_config['verify_party'] "
-                "is True: give each party its own certificate naming it (`fed certs`)",
+                f"{role} presented a certificate that {why}; with party verification on (the "
+                "default, tls_config['verify_party']) a party's certificate must carry the URI "
+                f"SAN {PARTY_URI_PREFIX}<name> (`fed certs` issues them). {SHARED_CERT_FIX}",
             )
         if not self._warned:
             self._warned = True
             self._log.warning(
-                "TLS peer certificate %s: parties cannot be told apart, so any holder of it "
-                "can speak as any party. Give each party its own certificate (`fed certs`) and "
-                "set tls_config['verify_party']=True. (Warned once.)", why,
+                "shared-certificate mode (tls_config['verify_party']=False): TLS peer "
+                "certificate %s, so parties cannot be told apart: any holder of a certificate "
+                "the CA signed can speak as any party and read values meant for one. Give each "
+                "party its own certificate (`fed certs`) and drop verify_party=False. "
+                "(Warned once.)", why,
             )

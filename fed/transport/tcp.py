@@ -22,6 +22,7 @@ import ray
 from fed.config import FedConfig
 from fed.errors import FedError, FedPeerUnavailableError
 from fed.transport.base import MessageKey, Transport
+from fed.transport.placement import receiver_placement
 from fed.transport.receiver import ReceiverProxy
 from fed.transport.sender import SenderProxy
 
@@ -108,12 +109,14 @@ class TcpTransport(Transport):
         cfg = self._config
         comm = cfg.comm
         me = cfg.parties[cfg.party]
-        _check_listen(cfg.party, me.listen.host, me.listen.port)
+        placement = receiver_placement(me.listen.host, comm.recv_resource_label)
+        placement.run(_check_listen, cfg.party, me.listen.host, me.listen.port)
         concurrency = comm.max_concurrency or 10000
         common = dict(num_cpus=0, max_concurrency=concurrency, max_restarts=0)
         self._receiver = ray.remote(ReceiverProxy).options(
             name=receiver_name(cfg.job_name, cfg.party),
             resources=comm.recv_resource_label,
+            scheduling_strategy=placement.strategy,  # the node owning the listen address
             **common,
         ).remote(
             cfg.party,

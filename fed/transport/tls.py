@@ -31,9 +31,9 @@ def server_context(tls: Optional[TlsConfig]) -> Optional[ssl.SSLContext]:
 def client_context(tls: Optional[TlsConfig], peer: str) -> Optional[ssl.SSLContext]:
     """The sender's context for reaching `peer`: trust only the CA bundle of `peer`.
 
-    Host names are not checked: parties are often addressed by IP and RayFed setups
-    share one certificate; the identity check (fed.transport.identity) verifies that
-    the certificate belongs to `peer` instead.
+    Host names are not checked: parties are often addressed by IP; the identity check
+    (fed.transport.identity) verifies instead that the certificate names `peer` (its
+    URI SAN rayfed://party/<peer>, unless shared-certificate mode was chosen).
     """
     if tls is None:
         return None
