@@ -262,10 +262,8 @@ def two_jobs_in_sequence(party, addresses, second_addresses):
 
 
 def test_repeated_init_and_shutdown_in_one_process():
-    from multiparty import local_addresses
-
-    second = local_addresses(["alice", "bob"])
-    outcomes = run_parties(two_jobs_in_sequence, args=(second,))
+    outcomes = run_parties(two_jobs_in_sequence,
+                           args=lambda lease: (lease.addresses(["alice", "bob"]),))
     assert_all_ok(outcomes)
     assert all(o.result == [3, 203] for o in outcomes.values()), describe(outcomes)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fed
-from multiparty import assert_all_ok, describe, free_ports, local_addresses, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 from relay import Relay
 
 pytestmark = pytest.mark.timeout(240)
@@ -148,19 +148,20 @@ def transfer_through_cut(party, addresses, n_bytes):
 @pytest.mark.timeout(400)
 def test_network_cut_during_large_transfer_delivers_exactly_once():
     n_bytes = 1024**3
-    bob_port, relay_port, alice_port = free_ports(3)
-    # alice reaches bob through the relay; bob listens on its own port behind it.
-    addresses = {
-        "alice": f"127.0.0.1:{alice_port}",
-        "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},
-    }
-    relay = Relay(relay_port, ("127.0.0.1", bob_port), cut_after_bytes=n_bytes // 3,
-                  cut_seconds=5.0).start()
-    try:
-        outcomes = run_parties(transfer_through_cut, args=(n_bytes,), addresses=addresses,
-                               timeout=360)
-    finally:
-        relay.stop()
+    with PortLease() as lease:
+        bob_port, relay_port, alice_port = lease.reserve(3)
+        # alice reaches bob through the relay; bob listens on its own port behind it.
+        addresses = {
+            "alice": f"127.0.0.1:{alice_port}",
+            "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},
+        }
+        relay = Relay(relay_port, ("127.0.0.1", bob_port), cut_after_bytes=n_bytes // 3,
+                      cut_seconds=5.0).start()
+        try:
+            outcomes = run_parties(transfer_through_cut, args=(n_bytes,), addresses=addresses,
+                                   timeout=360)
+        finally:
+            relay.stop()
     assert_all_ok(outcomes)
     assert relay.cuts, "the relay never cut the connection: the test did not test anything"
     n = n_bytes // 8
@@ -213,8 +214,8 @@ def barrier_without_carol(party, addresses):
 
 
 def test_barrier_on_initializing_names_the_missing_parties():
-    addresses = local_addresses(["alice", "bob", "carol"])  # carol never starts
-    outcomes = run_parties(barrier_without_carol, ["alice", "bob"], addresses=addresses)
+    outcomes = run_parties(barrier_without_carol, ["alice", "bob"],  # carol never starts
+                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]))
     assert_all_ok(outcomes)
     for o in outcomes.values():
         peer, waited = o.result
@@ -256,8 +257,7 @@ def flush_then_swap(party, addresses, second):
 
 
 def test_shutdown_flushes_frees_port_and_allows_init_as_another_party():
-    second = local_addresses(["alice", "bob"])
-    outcomes = run_parties(flush_then_swap, args=(second,))
+    outcomes = run_parties(flush_then_swap, args=lambda lease: (lease.addresses(["alice", "bob"]),))
     assert_all_ok(outcomes)
     for o in outcomes.values():
         untouched, _got, value = o.result
