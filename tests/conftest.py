@@ -31,11 +31,17 @@ def _ours() -> dict[int, psutil.Process]:
     return found
 
 
+# multiprocessing's helpers serve this pytest process for its whole life.
+SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
 def _started_by_test(proc: psutil.Process, before: set[int]) -> bool:
     """New, and not a child of something that predates the test (a module's Ray cluster
-    starting workers on demand)."""
+    starting workers on demand), nor one of multiprocessing's session helpers."""
     try:
-        return proc.pid not in before and not any(a.pid in before for a in proc.parents())
+        if proc.pid in before or any(a.pid in before for a in proc.parents()):
+            return False
+        return not any(h in " ".join(proc.cmdline()) for h in SESSION_HELPERS)
     except psutil.Error:
         return False
 
