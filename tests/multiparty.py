@@ -105,13 +105,6 @@ PORT_CLASH = ("cannot listen on", "Address already in use")
 ATTEMPTS = 3
 
 
-def reserve_addresses(parties: Sequence[str]) -> tuple[PortLease, dict[str, str]]:
-    """A lease and an address book with one reserved port per party; release the lease
-    (or use it as a context manager) once the processes using the ports have ended."""
-    lease = PortLease()
-    return lease, lease.addresses(parties)
-
-
 def port_clash(outcomes: dict[str, PartyOutcome]) -> bool:
     """A party could not bind its port: nothing was exchanged, the scenario may rerun."""
     texts = [o.error_text + repr(o.result) for o in outcomes.values()]
@@ -149,8 +142,10 @@ def run_parties(
         with PortLease() as lease:
             book = _address_book(addresses, parties, lease)
             call_args = args(lease) if callable(args) else args
-            outcomes = _run_once(fn, parties, dict(book), tuple(call_args), timeout, kill_after)
-        if fixed or attempt == ATTEMPTS or not port_clash(outcomes):
+            rerun = not fixed and attempt < ATTEMPTS
+            outcomes = _run_once(fn, parties, dict(book), tuple(call_args), timeout, kill_after,
+                                 stop_on_clash=rerun)
+        if not rerun or not port_clash(outcomes):
             return outcomes
         _log.warning("a party could not bind its reserved port (attempt %d of %d); rerunning "
                      "with fresh ports:\n%s", attempt, ATTEMPTS, describe(outcomes))
@@ -164,8 +159,11 @@ def _address_book(spec: AddressSpec, parties: list[str], lease: PortLease) -> Ma
 
 
 def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, timeout: float,
-              kill_after: Optional[dict[str, Any]]) -> dict[str, PartyOutcome]:
-    """One run of the scenario: start, watch (and kill on request), collect, clean up."""
+              kill_after: Optional[dict[str, Any]], stop_on_clash: bool) -> dict[str, PartyOutcome]:
+    """One run of the scenario: start, watch (and kill on request), collect, clean up.
+
+    With `stop_on_clash`, a party that cannot bind its port ends the run at once (the
+    others would only wait for it): the caller reruns the scenario."""
     ctx = mp.get_context("spawn")
     procs, pipes = {}, {}
     for party in parties:
@@ -176,7 +174,9 @@ def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, ti
         procs[party], pipes[party] = proc, recv
     outcomes = {p: PartyOutcome(p) for p in parties}
     try:
-        pending = _watch(procs, pipes, outcomes, timeout, kill_after or {})
+        pending = _watch(procs, pipes, outcomes, timeout, kill_after or {}, stop_on_clash)
+        if stop_on_clash and port_clash(outcomes):
+            return outcomes  # the others are stopped below
         deadline = time.monotonic() + (0.1 if pending else 30)  # reported: just exiting
         for party in parties:
             procs[party].join(max(0.1, deadline - time.monotonic()))
@@ -196,8 +196,9 @@ def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, ti
 
 
 def _watch(procs: dict, pipes: dict, outcomes: dict[str, PartyOutcome], timeout: float,
-           kill_after: dict[str, Any]) -> set[str]:
-    """Collect each party's report until all are in or `timeout`; return the missing ones."""
+           kill_after: dict[str, Any], stop_on_clash: bool) -> set[str]:
+    """Collect each party's report until all are in, `timeout`, or (with `stop_on_clash`)
+    a party that could not bind its port; return the parties not heard from."""
     start = time.monotonic()
     deadline = start + timeout
     killed: set[str] = set()
@@ -223,6 +224,8 @@ def _watch(procs: dict, pipes: dict, outcomes: dict[str, PartyOutcome], timeout:
                 except EOFError:
                     pass
                 pending.discard(party)
+                if stop_on_clash and port_clash({party: outcomes[party]}):
+                    return pending
             elif not procs[party].is_alive():
                 outcomes[party].error_text = outcomes[party].error_text or "process died"
                 pending.discard(party)
@@ -246,6 +249,6 @@ def assert_all_ok(outcomes: dict[str, PartyOutcome]) -> None:
 
 
 __all__ = [
-    "PartyOutcome", "PortLease", "run_parties", "reserve_addresses", "port_clash", "start_ray",
+    "PartyOutcome", "PortLease", "run_parties", "port_clash", "start_ray",
     "assert_all_ok", "describe",
 ]

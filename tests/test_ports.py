@@ -1,4 +1,5 @@
-"""Port reservation for local runs (fed/cli/ports.py): the band, the locks, the release."""
+"""Port reservation for local runs (fed/cli/ports.py): the band, the locks, the release,
+and the test harness's rerun when a party cannot bind its port anyway."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import fed
 from fed.cli.ports import (
     RAY_KNOWN_PORTS,
     RAY_WORKER_PORTS,
@@ -19,6 +21,7 @@ from fed.cli.ports import (
     ephemeral_range,
     lock_dir,
 )
+from multiparty import assert_all_ok, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +75,39 @@ def test_a_port_someone_listens_on_is_not_bindable() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         assert not bindable("127.0.0.1", busy.getsockname()[1])
+
+
+# ---- the harness's backstop: a port that is taken anyway -------------------------------------
+
+
+@fed.remote
+def plus_one(x):
+    return x + 1
+
+
+def join_and_compute(party, addresses):
+    start_ray(num_cpus=1)
+    fed.init(addresses=addresses, party=party)
+    value = fed.get(plus_one.party("bob").remote(plus_one.party("alice").remote(1)))
+    fed.shutdown()
+    return value
+
+
+@pytest.mark.timeout(240)
+def test_a_party_that_cannot_bind_its_port_reruns_the_scenario_with_fresh_ports() -> None:
+    books = []
+    with socket.socket() as busy:  # the first book gives alice a port someone listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+
+        def book(lease: PortLease) -> dict[str, str]:
+            addresses = lease.addresses(["alice", "bob"])
+            if not books:
+                addresses["alice"] = f"127.0.0.1:{busy.getsockname()[1]}"
+            books.append(addresses)
+            return addresses
+
+        outcomes = run_parties(join_and_compute, addresses=book, timeout=180)
+    assert_all_ok(outcomes)
+    assert [o.result for o in outcomes.values()] == [3, 3]
+    assert len(books) == 2, books
