@@ -1,11 +1,15 @@
 """The engine end to end: real party processes, each with its own Ray cluster."""
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import fed
-from multiparty import assert_all_ok, describe, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -288,9 +292,16 @@ def test_jobs_do_not_mix_messages():
     assert any("is not running in party" in o.result for o in outcomes.values()), describe(outcomes)
 
 
-def concurrent_job(party, addresses, job):
+def concurrent_job(party, addresses, job, rendezvous, processes):
     start_ray()
-    fed.init(addresses=addresses, party=party, job_name=job)
+    # Every process of both jobs has its Ray cluster up before any calls fed.init, so the
+    # two jobs really overlap on the same receivers' ports.
+    Path(rendezvous, f"{job}-{party}").touch()
+    deadline = time.monotonic() + 90
+    while len(os.listdir(rendezvous)) < processes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fed.init(addresses=addresses, party=party, job_name=job,
+             config={"cross_silo_comm": {"startup_timeout_s": 15}})
     base = 1000 if job == "left" else 2000
     a = aggregate.party("alice").remote(base, 1)
     b = aggregate.party("bob").remote(base, 2)
@@ -299,19 +310,28 @@ def concurrent_job(party, addresses, job):
     return result
 
 
-def test_two_jobs_at_once_over_the_same_parties():
+@pytest.mark.xfail(strict=True, reason=(
+    "a party's receiver serves one job: the second job's fed.init in the same party cannot "
+    "listen on the party's port (Address already in use), and a receiver refuses another "
+    "job's connections (job_not_running)"))
+def test_two_jobs_at_once_over_the_same_parties(tmp_path):
     import threading
 
     results = {}
+    with PortLease() as lease:
+        book = lease.addresses(["alice", "bob"])  # the same receivers' ports for both jobs
 
-    def run(job):
-        results[job] = run_parties(concurrent_job, args=(job,))
+        def run(job):
+            results[job] = run_parties(concurrent_job, addresses=book, timeout=150,
+                                       args=(job, str(tmp_path), 4))
 
-    threads = [threading.Thread(target=run, args=(j,)) for j in ("left", "right")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads = [threading.Thread(target=run, args=(j,)) for j in ("left", "right")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for job, expected in (("left", 2003), ("right", 4003)):
+        print(f"--- job {job}\n{describe(results[job])}")
     for job, expected in (("left", 2003), ("right", 4003)):
         assert_all_ok(results[job])
         assert {o.result for o in results[job].values()} == {expected}

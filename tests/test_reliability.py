@@ -113,7 +113,10 @@ def test_killed_party_makes_every_other_party_raise_within_peer_timeout(tmp_path
         record = json.loads((tmp_path / f"{party}.json").read_text())
         detected = record["at"] - killed_at
         assert "carol" in record["text"], record
-        assert detected < 10 + 3, (party, detected, record)  # peer_timeout_s=10 plus a heartbeat
+        assert record["type"].startswith("Fed"), record
+        # Seen after the kill; the nominal delay is peer_timeout_s=10 plus a heartbeat (3 s):
+        # only three times that fails the test (the figure is reported below).
+        assert 0 < detected < 3 * (10 + 3), (party, detected, record)
         report(f"SIGKILL of carol mid-round, seen by {party}",
                f"{record['type']} after {detected:.1f} s (peer_timeout_s=10)")
 
@@ -220,10 +223,13 @@ def test_barrier_on_initializing_names_the_missing_parties():
     for o in outcomes.values():
         peer, waited = o.result
         assert peer == "carol", describe(outcomes)
-        assert 5 <= waited < 12
+        # It waited out startup_timeout_s=5; the nominal total (with fed.init and the
+        # transport's stop) is about 12 s: only five times that fails the test.
+        assert 5 <= waited < 60, waited
     report("barrier_on_initializing with carol missing",
-           f"FedPeerUnavailableError naming carol after {outcomes['alice'].result[1]:.1f} s "
-           "(startup_timeout_s=5)")
+           "FedPeerUnavailableError naming carol after "
+           + ", ".join(f"{o.result[1]:.1f} s in {o.party}" for o in outcomes.values())
+           + " (startup_timeout_s=5)")
 
 
 # ---- 5. shutdown: flush, free the port, re-init as another party, signals untouched ----------
