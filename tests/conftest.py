@@ -1,6 +1,7 @@
 import os
 import sys
 import time
+import warnings
 
 import psutil
 import pytest
@@ -35,15 +36,22 @@ def _ours() -> dict[int, psutil.Process]:
 SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
+def _session_helper(proc: psutil.Process) -> bool:
+    try:
+        return any(h in " ".join(proc.cmdline()) for h in SESSION_HELPERS)
+    except psutil.Error:
+        return True  # gone
+
+
 def _started_by_test(proc: psutil.Process, before: set[int]) -> bool:
     """New, and not a child of something that predates the test (a module's Ray cluster
     starting workers on demand), nor one of multiprocessing's session helpers."""
     try:
         if proc.pid in before or any(a.pid in before for a in proc.parents()):
             return False
-        return not any(h in " ".join(proc.cmdline()) for h in SESSION_HELPERS)
     except psutil.Error:
         return False
+    return not _session_helper(proc)
 
 
 def _describe(procs: list[psutil.Process]) -> str:
@@ -81,3 +89,21 @@ def no_processes_left_behind(request: pytest.FixtureRequest):
             pass
     psutil.wait_procs(alive, timeout=5)
     pytest.fail(f"{request.node.nodeid} left processes behind:\n{text}", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_at_the_end():
+    """After the last test (module-scoped clusters included): warn about, and kill, any
+    process of this run that is still alive."""
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (alive := [p for p in _ours().values() if not _session_helper(p)]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive:
+        warnings.warn(f"processes of this test run left behind:\n{_describe(alive)}")
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass

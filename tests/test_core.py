@@ -292,20 +292,30 @@ def test_jobs_do_not_mix_messages():
     assert any("is not running in party" in o.result for o in outcomes.values()), describe(outcomes)
 
 
+def meet(rendezvous, stage, name, processes, timeout=90):
+    """Wait until `processes` processes reached `stage` (each touches a file)."""
+    Path(rendezvous, f"{stage}-{name}").touch()
+    deadline = time.monotonic() + timeout
+    while sum(f.startswith(f"{stage}-") for f in os.listdir(rendezvous)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only some processes reached {stage!r}")
+        time.sleep(0.05)
+
+
 def concurrent_job(party, addresses, job, rendezvous, processes):
     start_ray()
-    # Every process of both jobs has its Ray cluster up before any calls fed.init, so the
-    # two jobs really overlap on the same receivers' ports.
-    Path(rendezvous, f"{job}-{party}").touch()
-    deadline = time.monotonic() + 90
-    while len(os.listdir(rendezvous)) < processes and time.monotonic() < deadline:
-        time.sleep(0.05)
-    fed.init(addresses=addresses, party=party, job_name=job,
-             config={"cross_silo_comm": {"startup_timeout_s": 15}})
-    base = 1000 if job == "left" else 2000
-    a = aggregate.party("alice").remote(base, 1)
-    b = aggregate.party("bob").remote(base, 2)
-    result = fed.get(aggregate.party("bob").remote(a, b))
+    # Both jobs' processes call fed.init together, and each stays in its job until all
+    # four got their result or their error: the two jobs overlap on the same ports.
+    meet(rendezvous, "ready", f"{job}-{party}", processes)
+    try:
+        fed.init(addresses=addresses, party=party, job_name=job,
+                 config={"cross_silo_comm": {"startup_timeout_s": 15}})
+        base = 1000 if job == "left" else 2000
+        a = aggregate.party("alice").remote(base, 1)
+        b = aggregate.party("bob").remote(base, 2)
+        result = fed.get(aggregate.party("bob").remote(a, b))
+    finally:
+        meet(rendezvous, "done", f"{job}-{party}", processes)
     fed.shutdown()
     return result
 
