@@ -3,6 +3,7 @@
 Run it with `fed run examples/quickstart.py --parties alice,bob`, or by hand in two
 terminals: `python examples/quickstart.py alice` and `python examples/quickstart.py bob`.
 """
+import os
 import sys
 
 import fed
@@ -25,9 +26,11 @@ def aggregate(val1, val2):
 
 def main(party):
     cluster = {
-        'alice': {'address': '127.0.0.1:11010'},
-        'bob': {'address': '127.0.0.1:11011'},
+        'alice': {'address': '127.0.0.1:20010'},
+        'bob': {'address': '127.0.0.1:20011'},
     }
+    if 'RAYFED_ADDRESSES' in os.environ:  # started by `fed run`, which chose the ports
+        cluster = None
     fed.init(address='local', cluster=cluster, party=party)
 
     actor_alice = MyActor.party("alice").remote(1)

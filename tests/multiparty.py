@@ -3,21 +3,26 @@
 `run_parties(fn, ["alice", "bob"])` starts one process per party (spawned, in its
 own session so every process Ray starts there can be found and stopped), calls
 ``fn(party, addresses, *args)`` in each, and returns each party's result,
-exception and exit code. Ports are free loopback ports picked per call; a timeout
-kills everything that is left.
+exception and exit code. Ports are loopback ports reserved per call outside the
+ranges the kernel and Ray assign by themselves, locked against concurrent runs
+(fed/cli/ports.py); a party that still cannot bind its port makes the scenario
+rerun with fresh ports. A timeout kills everything that is left.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import psutil
 
-from fed.cli.run import local_addresses, pick_free_ports as free_ports
+from fed.cli.ports import PortLease
+
+_log = logging.getLogger("multiparty")
 
 
 @dataclass
@@ -93,16 +98,37 @@ def _kill_session(sid: int) -> None:
     psutil.wait_procs([v for v in victims if v.pid not in mine], timeout=10)
 
 
+AddressSpec = Union[None, Mapping[str, Any], Callable[[PortLease], Mapping[str, Any]]]
+ArgsSpec = Union[tuple, Callable[[PortLease], tuple]]
+
+PORT_CLASH = ("cannot listen on", "Address already in use")
+ATTEMPTS = 3
+
+
+def port_clash(outcomes: dict[str, PartyOutcome]) -> bool:
+    """A party could not bind its port: nothing was exchanged, the scenario may rerun."""
+    texts = [o.error_text + repr(o.result) for o in outcomes.values()]
+    return any(all(part in text for part in PORT_CLASH) for text in texts)
+
+
 def run_parties(
     fn: Callable,
-    parties: list[str] | tuple[str, ...] = ("alice", "bob"),
+    parties: Sequence[str] = ("alice", "bob"),
     *,
     timeout: float = 120,
-    args: tuple = (),
-    addresses: Optional[dict[str, str]] = None,
+    args: ArgsSpec = (),
+    addresses: AddressSpec = None,
     kill_after: Optional[dict[str, Any]] = None,
 ) -> dict[str, PartyOutcome]:
     """Run ``fn(party, addresses, *args)`` in one process per party; wait for all.
+
+    ``addresses``: None gives each party a port reserved for this call (see
+    fed/cli/ports.py); a function of a :class:`PortLease` may build the book from ports
+    it reserves (``lease.reserve(n)``, ``lease.addresses(names)``), and so may ``args``
+    (e.g. a second job's book). Those ports are held until the call returns. If a party
+    cannot bind its port anyway, the scenario reruns with fresh ports (at most
+    ``ATTEMPTS`` runs in all). A plain dict is used as is, without reruns: its ports
+    are the caller's to hold.
 
     ``kill_after={"bob": 5.0}`` SIGKILLs bob's whole session 5 s after the start;
     ``kill_after={"bob": "/path"}`` does it as soon as that file exists (written by
@@ -111,7 +137,33 @@ def run_parties(
     running after `timeout` seconds.
     """
     parties = list(parties)
-    addresses = addresses or local_addresses(parties)
+    fixed = addresses is not None and not callable(addresses)
+    for attempt in range(1, ATTEMPTS + 1):
+        with PortLease() as lease:
+            book = _address_book(addresses, parties, lease)
+            call_args = args(lease) if callable(args) else args
+            rerun = not fixed and attempt < ATTEMPTS
+            outcomes = _run_once(fn, parties, dict(book), tuple(call_args), timeout, kill_after,
+                                 stop_on_clash=rerun)
+        if not rerun or not port_clash(outcomes):
+            return outcomes
+        _log.warning("a party could not bind its reserved port (attempt %d of %d); rerunning "
+                     "with fresh ports:\n%s", attempt, ATTEMPTS, describe(outcomes))
+    raise AssertionError("unreachable")
+
+
+def _address_book(spec: AddressSpec, parties: list[str], lease: PortLease) -> Mapping[str, Any]:
+    if spec is None:
+        return lease.addresses(parties)
+    return spec(lease) if callable(spec) else spec
+
+
+def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, timeout: float,
+              kill_after: Optional[dict[str, Any]], stop_on_clash: bool) -> dict[str, PartyOutcome]:
+    """One run of the scenario: start, watch (and kill on request), collect, clean up.
+
+    With `stop_on_clash`, a party that cannot bind its port ends the run at once (the
+    others would only wait for it): the caller reruns the scenario."""
     ctx = mp.get_context("spawn")
     procs, pipes = {}, {}
     for party in parties:
@@ -121,38 +173,13 @@ def run_parties(
         send.close()
         procs[party], pipes[party] = proc, recv
     outcomes = {p: PartyOutcome(p) for p in parties}
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
-    killed: set[str] = set()
     try:
-        pending = set(parties)
-        while pending and time.monotonic() < deadline:
-            for party in list(pending):
-                if kill_after and party in kill_after and party not in killed:
-                    when = kill_after[party]
-                    due = os.path.exists(when) if isinstance(when, str) else \
-                        time.monotonic() - start >= when
-                    if due:
-                        killed.add(party)
-                        outcomes[party].killed_at = time.time()
-                        _kill_session(procs[party].pid)
-                        procs[party].join(10)
-                pipe = pipes[party]
-                if pipe.poll(0.05):
-                    try:
-                        status, result, error, text, elapsed = pipe.recv()
-                        outcomes[party].result = result
-                        outcomes[party].error = error
-                        outcomes[party].error_text = text if status == "err" else ""
-                        outcomes[party].elapsed_s = elapsed
-                    except EOFError:
-                        pass
-                    pending.discard(party)
-                elif not procs[party].is_alive():
-                    outcomes[party].error_text = outcomes[party].error_text or "process died"
-                    pending.discard(party)
+        pending = _watch(procs, pipes, outcomes, timeout, kill_after or {}, stop_on_clash)
+        if stop_on_clash and port_clash(outcomes):
+            return outcomes  # the others are stopped below
+        deadline = time.monotonic() + (0.1 if pending else 30)  # reported: just exiting
         for party in parties:
-            procs[party].join(max(0.1, min(30, deadline - time.monotonic())))
+            procs[party].join(max(0.1, deadline - time.monotonic()))
             outcomes[party].exitcode = procs[party].exitcode
         if pending or any(p.is_alive() for p in procs.values()):
             raise TimeoutError(
@@ -166,6 +193,43 @@ def run_parties(
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+
+
+def _watch(procs: dict, pipes: dict, outcomes: dict[str, PartyOutcome], timeout: float,
+           kill_after: dict[str, Any], stop_on_clash: bool) -> set[str]:
+    """Collect each party's report until all are in, `timeout`, or (with `stop_on_clash`)
+    a party that could not bind its port; return the parties not heard from."""
+    start = time.monotonic()
+    deadline = start + timeout
+    killed: set[str] = set()
+    pending = set(procs)
+    while pending and time.monotonic() < deadline:
+        for party in list(pending):
+            when = kill_after.get(party)
+            if when is not None and party not in killed:
+                due = os.path.exists(when) if isinstance(when, str) else \
+                    time.monotonic() - start >= when
+                if due:
+                    killed.add(party)
+                    outcomes[party].killed_at = time.time()
+                    _kill_session(procs[party].pid)
+                    procs[party].join(10)
+            if pipes[party].poll(0.05):
+                try:
+                    status, result, error, text, elapsed = pipes[party].recv()
+                    outcomes[party].result = result
+                    outcomes[party].error = error
+                    outcomes[party].error_text = text if status == "err" else ""
+                    outcomes[party].elapsed_s = elapsed
+                except EOFError:
+                    pass
+                pending.discard(party)
+                if stop_on_clash and port_clash({party: outcomes[party]}):
+                    return pending
+            elif not procs[party].is_alive():
+                outcomes[party].error_text = outcomes[party].error_text or "process died"
+                pending.discard(party)
+    return pending
 
 
 def describe(outcomes: dict[str, PartyOutcome]) -> str:
@@ -185,6 +249,6 @@ def assert_all_ok(outcomes: dict[str, PartyOutcome]) -> None:
 
 
 __all__ = [
-    "PartyOutcome", "run_parties", "local_addresses", "free_ports", "start_ray",
+    "PartyOutcome", "PortLease", "run_parties", "port_clash", "start_ray",
     "assert_all_ok", "describe",
 ]

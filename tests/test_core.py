@@ -1,11 +1,15 @@
 """The engine end to end: real party processes, each with its own Ray cluster."""
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import fed
-from multiparty import assert_all_ok, describe, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -262,10 +266,8 @@ def two_jobs_in_sequence(party, addresses, second_addresses):
 
 
 def test_repeated_init_and_shutdown_in_one_process():
-    from multiparty import local_addresses
-
-    second = local_addresses(["alice", "bob"])
-    outcomes = run_parties(two_jobs_in_sequence, args=(second,))
+    outcomes = run_parties(two_jobs_in_sequence,
+                           args=lambda lease: (lease.addresses(["alice", "bob"]),))
     assert_all_ok(outcomes)
     assert all(o.result == [3, 203] for o in outcomes.values()), describe(outcomes)
 
@@ -290,30 +292,56 @@ def test_jobs_do_not_mix_messages():
     assert any("is not running in party" in o.result for o in outcomes.values()), describe(outcomes)
 
 
-def concurrent_job(party, addresses, job):
+def meet(rendezvous, stage, name, processes, timeout=90):
+    """Wait until `processes` processes reached `stage` (each touches a file)."""
+    Path(rendezvous, f"{stage}-{name}").touch()
+    deadline = time.monotonic() + timeout
+    while sum(f.startswith(f"{stage}-") for f in os.listdir(rendezvous)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only some processes reached {stage!r}")
+        time.sleep(0.05)
+
+
+def concurrent_job(party, addresses, job, rendezvous, processes):
     start_ray()
-    fed.init(addresses=addresses, party=party, job_name=job)
-    base = 1000 if job == "left" else 2000
-    a = aggregate.party("alice").remote(base, 1)
-    b = aggregate.party("bob").remote(base, 2)
-    result = fed.get(aggregate.party("bob").remote(a, b))
+    # Both jobs' processes call fed.init together, and each stays in its job until all
+    # four got their result or their error: the two jobs overlap on the same ports.
+    meet(rendezvous, "ready", f"{job}-{party}", processes)
+    try:
+        fed.init(addresses=addresses, party=party, job_name=job,
+                 config={"cross_silo_comm": {"startup_timeout_s": 15}})
+        base = 1000 if job == "left" else 2000
+        a = aggregate.party("alice").remote(base, 1)
+        b = aggregate.party("bob").remote(base, 2)
+        result = fed.get(aggregate.party("bob").remote(a, b))
+    finally:
+        meet(rendezvous, "done", f"{job}-{party}", processes)
     fed.shutdown()
     return result
 
 
-def test_two_jobs_at_once_over_the_same_parties():
+@pytest.mark.xfail(strict=True, reason=(
+    "a party's receiver serves one job: the second job's fed.init in the same party cannot "
+    "listen on the party's port (Address already in use), and a receiver refuses another "
+    "job's connections (job_not_running)"))
+def test_two_jobs_at_once_over_the_same_parties(tmp_path):
     import threading
 
     results = {}
+    with PortLease() as lease:
+        book = lease.addresses(["alice", "bob"])  # the same receivers' ports for both jobs
 
-    def run(job):
-        results[job] = run_parties(concurrent_job, args=(job,))
+        def run(job):
+            results[job] = run_parties(concurrent_job, addresses=book, timeout=150,
+                                       args=(job, str(tmp_path), 4))
 
-    threads = [threading.Thread(target=run, args=(j,)) for j in ("left", "right")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads = [threading.Thread(target=run, args=(j,)) for j in ("left", "right")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for job, expected in (("left", 2003), ("right", 4003)):
+        print(f"--- job {job}\n{describe(results[job])}")
     for job, expected in (("left", 2003), ("right", 4003)):
         assert_all_ok(results[job])
         assert {o.result for o in results[job].values()} == {expected}

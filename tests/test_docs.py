@@ -10,7 +10,7 @@ How a block runs is set by an HTML comment on the line right before its fence:
 * ``<!-- fed-run: parties=alice,bob -->``: the real launcher, ``fed run`` (one
   process per party) and ``fed run --simulate``; flags: ``simulate-only``, ``tls``,
   ``fails`` (production only, must exit non-zero);
-* ``<!-- not-run -->``: a fragment, skipped (keep these few).
+* ``<!-- not-run -->`` or ``<!-- not-run: why -->``: a fragment, skipped (keep these few).
 
 Options (``;``-separated): ``expect=TEXT`` (the output, or the error, contains TEXT) and
 ``raises=ErrorName`` (the block must raise it). The ``run`` blocks share one process
@@ -37,7 +37,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = ["getting-started", "concepts", "api", "simulation", "deployment",
-         "troubleshooting", "migrating-from-rayfed"]
+         "troubleshooting", "migrating-from-rayfed", "security", "reliability", "protocol",
+         "architecture", "benchmarks"]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _MARKER = re.compile(r"<!--\s*(not-run|run|fed-run)\s*(?::\s*(.*?))?\s*-->\s*$")
@@ -90,6 +91,11 @@ def test_pages_exist_and_most_blocks_run() -> None:
     skipped = [b.id for b in ALL_BLOCKS if b.kind == "not-run"]
     assert len(skipped) <= 4, f"too many not-run blocks: {skipped}"
     assert len(RUN_BLOCKS) + len(FED_RUN_BLOCKS) >= 15
+
+
+def test_every_page_is_checked() -> None:
+    """A new page is in PAGES: its links are checked and its blocks run (or say why not)."""
+    assert {p.stem for p in DOCS.glob("*.md")} == set(PAGES)
 
 
 def test_api_reference_is_complete() -> None:

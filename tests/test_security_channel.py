@@ -15,6 +15,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -74,6 +75,33 @@ def refusal(reply) -> str:
     return body["reason"]
 
 
+def tls_refusal(port: int, ca: str, cert_key: Optional[tuple[str, str]]) -> str:
+    """The reason of the TLS alert a receiver answers a client with (no data is sent, so
+    the alert cannot be lost to a reset)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=ca)
+    if cert_key is not None:
+        ctx.load_cert_chain(*cert_key)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                data = tls.recv(1)  # TLS 1.3: the client certificate is judged after the handshake
+        except ssl.SSLError as exc:
+            return exc.reason or str(exc)
+    raise AssertionError(f"the TLS connection was not refused (read {data!r})")
+
+
+def poll_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return condition()
+        time.sleep(0.05)
+    return True
+
+
 class Evil:
     """Unpickling this would run a shell command."""
 
@@ -96,11 +124,14 @@ def test_tls_identity_impersonation_spoofing_and_misrouting(pki: Path) -> None:
     # carol's valid certificate claiming to be alice.
     with Raw(bob_port, creds(pki, "carol")) as c:
         assert refusal(c.hello("alice", job, "bob")) == "identity"
-    # A certificate from another CA, and no certificate at all: the TLS handshake fails.
-    for bad in (creds(pki, "alice", "rogue"), None):
-        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-            with Raw(bob_port, bad) as c:
-                c.hello("alice", job, "bob")
+    # A certificate from another CA, and no certificate at all: the receiver's TLS layer
+    # refuses the handshake with the matching alert (not a crash, not a closed port).
+    main_ca = str(pki / "main" / "ca.crt")
+    rogue = creds(pki, "alice", "rogue")[:2]
+    assert tls_refusal(bob_port, main_ca, rogue) in ("TLSV1_ALERT_UNKNOWN_CA",
+                                                     "SSLV3_ALERT_BAD_CERTIFICATE")
+    assert tls_refusal(bob_port, main_ca, None) in ("TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                                                    "SSLV3_ALERT_HANDSHAKE_FAILURE")
     # Bytes that are not TLS at all.
     for n in range(50):
         with socket.create_connection(("127.0.0.1", bob_port), timeout=5) as s:
@@ -256,8 +287,9 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
             c.frame(wire.DATA, b"\0" * MIB)
     with bob_conn() as c:
         c.sock.sendall(wire.encode_control(wire.MSG, {"key": msg_key(job, "bob", "alice", 43)})[:9])
-    time.sleep(0.5)
-    assert ray.get(alice.stats.remote())["held_bytes"] == {}
+    # The budget returns when the connection thread notices the close.
+    assert poll_until(lambda: ray.get(alice.stats.remote())["held_bytes"] == {}, 20), \
+        ray.get(alice.stats.remote())
 
     # 4. A pickle whose reduce calls os.system: refused, never run, the barrier gets the error.
     marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
@@ -297,11 +329,14 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
         c.control(wire.MSG, {"key": k11, "kind": "value", "sizes": [len(pickled(blob))]})
         t0 = time.monotonic()
         assert refusal(c.reply_or_closed()) == "busy"
-        assert 0.9 <= time.monotonic() - t0 < 4  # busy_after_s=1: it waited, then said so
-    # The real sender meets the same wall, retries, and gets through once k10 is claimed.
+        busy_s = time.monotonic() - t0
+        assert busy_s >= 0.9, busy_s  # busy_after_s=1: it waited for room, then said so
+    # The real sender meets the same wall (a `busy`, so a retry), and gets through only
+    # once k10 is claimed.
     sender = start_sender("bob", job, {"alice": port})
     pending = sender.send.remote(k11, [ray.put(blob)])
-    time.sleep(2.5)
+    assert poll_until(lambda: ray.get(sender.stats.remote())["retries"] >= 1, 60), \
+        ray.get(sender.stats.remote())
     assert not ray.wait([pending], timeout=0)[0], "admitted beyond max_buffered_bytes_per_peer"
     assert len(ray.get(alice.get.remote(k10))) == 20 * MIB
     assert ray.get(pending)["bytes"] > 20 * MIB
@@ -319,6 +354,7 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
     stats = ray.get(alice.stats.remote())
     assert stats["received_values"]["bob"] == 1 + 2 + 2 + 3  # key1, 7/12 errors, k10, k11, legit
     assert stats["held_bytes"] == {}
+    print(f"busy answered after {busy_s:.2f} s (busy_after_s=1)")
     print(f"fuzz: 2,000 connections / 11,000 frames in {fuzz_s:.1f} s; "
           f"refusals {stats['refusals_by_reason']}; receiver RSS growth {growth / MIB:.0f} MiB")
 
@@ -350,3 +386,39 @@ def test_egress_policy_stops_a_send_at_the_call_site(tmp_path: Path) -> None:
     finally:
         fed.shutdown()
     assert '"status": "denied"' in log.read_text() and '"dst": "carol"' in log.read_text()
+
+
+# ---- declared sizes on the object-store path ---------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(reason="fixed by receiver hardening: the landing path allocates the declared "
+                          "size in the object store and stops reading", strict=False)
+def test_a_16_gib_out_of_band_buffer_declared_and_dropped_costs_nothing() -> None:
+    """The declared-size case of the hostile test, through an out-of-band buffer slot:
+    large buffers take the object-store landing path, where the allocation happens."""
+    job = "declared-oob"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    try:
+        declare_drop_and_deliver(alice, port, job)
+    finally:
+        ray.kill(alice)  # a receiver stuck in an allocation must not outlive the test
+
+
+def declare_drop_and_deliver(alice, port: int, job: str) -> None:
+    rss_before = actor_rss(alice)
+    with Raw(port) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 0), "kind": "value",
+                             "sizes": [64, 16 << 30]})
+        for _ in range(8):
+            c.frame(wire.DATA, b"\0" * MIB)
+    assert poll_until(lambda: ray.get(alice.stats.remote())["held_bytes"] == {}, 20), \
+        ray.get(alice.stats.remote())
+    growth = actor_rss(alice) - rss_before
+    print(f"16 GiB out-of-band buffer declared, 8 MiB sent: receiver RSS +{growth / MIB:.0f} MiB")
+    assert growth < 100 * MIB, f"receiver grew by {growth / MIB:.0f} MiB for 8 MiB received"
+    with Raw(port) as c:  # and it still takes values
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        assert c.send_value(msg_key(job, "bob", "alice", 1), pickled("after"))[0] == wire.ACK
+    assert ray.get(alice.get.remote(msg_key(job, "bob", "alice", 1))) == "after"

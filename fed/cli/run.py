@@ -2,10 +2,11 @@
 
 Every party runs the same script (``python script.py <party>``), so trying a
 program locally means starting N processes with agreed addresses and watching
-N outputs. This module does that: it picks one free loopback port per party,
-passes the address book in ``RAYFED_ADDRESSES`` (``fed.init`` uses it when the
-script gives no addresses), prefixes each output line with its party, and
-makes sure that one failing party (or Ctrl+C, or a timeout) stops all of them,
+N outputs. This module does that: it reserves one loopback port per party
+(outside the ranges the kernel and Ray hand out by themselves, locked against
+other runs until this one ends, see :mod:`fed.cli.ports`), passes the address
+book in ``RAYFED_ADDRESSES`` (``fed.init`` uses it when the script gives no
+addresses), prefixes each output line with its party, and makes sure that one failing party (or Ctrl+C, or a timeout) stops all of them,
 including grandchildren such as the Ray processes each party starts.
 
 Environment exported to each party process:
@@ -24,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +48,7 @@ from fed.cli.certs import (
     split_list,
     validate_parties,
 )
+from fed.cli.ports import PortLease
 
 from fed.names import (  # one definition of the variables fed.init reads
     ADDRESSES_ENV as ENV_ADDRESSES,
@@ -64,26 +65,6 @@ DEFAULT_GRACE = 5.0
 _POLL_INTERVAL = 0.05
 _REFRESH_INTERVAL = 0.5
 _READER_JOIN_TIMEOUT = 2.0
-
-
-def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ask the OS for ``count`` distinct free ports (all sockets held until all are picked)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def local_addresses(parties: Sequence[str], host: str = "127.0.0.1") -> dict[str, str]:
-    """An address book ``{party: "127.0.0.1:PORT"}`` with a fresh free port per party."""
-    ports = pick_free_ports(len(parties), host)
-    return {p: f"{host}:{port}" for p, port in zip(parties, ports)}
 
 
 def party_env(
@@ -365,6 +346,7 @@ def run_parties(
             old_handlers[sig] = signal.signal(sig, sup.on_signal)
 
     tmp_dir: Optional[str] = None
+    lease = PortLease()  # held until every party process has ended
     try:
         tls_dir: Optional[Path] = None
         if certs_dir is not None:
@@ -374,7 +356,7 @@ def run_parties(
             create_dev_pki(list(parties), Path(tmp_dir), list(DEFAULT_HOSTS), days=1)
             tls_dir = Path(tmp_dir)
 
-        addresses = local_addresses(parties)
+        addresses = lease.addresses(parties)
         runs = [(SIMULATION_MODE, parties[0])] if simulate else [(p, p) for p in parties]
         for label, party in runs:
             if sup.signals:
@@ -403,6 +385,7 @@ def run_parties(
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
+            lease.release()
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -462,7 +445,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description=(
             "Run a rayfed driver script once per party on this machine:\n"
             "  python SCRIPT <party> [ARGS...]\n"
-            "Each party gets a free loopback port; the address book is exported as\n"
+            "Each party gets a loopback port reserved for this run (20000-32767, outside\n"
+            "the kernel's and Ray's automatic ranges); the address book is exported as\n"
             "RAYFED_ADDRESSES (JSON) together with RAYFED_PARTY, so `fed.init` needs no\n"
             "addresses. Output lines are prefixed with the party, e.g. `(alice) ...`.\n"
             "If a party fails, the others are stopped and its exit code is returned;\n"
