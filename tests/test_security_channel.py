@@ -472,6 +472,10 @@ def test_one_peers_reports_fail_only_its_barriers_and_wire_errors_cannot_stop_th
         assert c.read()[0] == wire.PONG
     with pytest.raises(fed.FedDivergenceError, match="forged"):
         ray.get(wait_carol)
+    with Raw(port) as c:  # a value arriving after its barrier failed is dropped and released
+        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        assert c.send_value(from_carol, pickled("late")) == (wire.ACK, {"ordinal": 0, "duplicate": True})
+    assert held(bob) == {}
     assert not ray.wait([wait_alice], timeout=1.0)[0], "carol's reports failed alice's barrier"
     # A refusal decided on the header reaches a client that keeps streaming the body.
     with Raw(port) as c:
@@ -485,6 +489,38 @@ def test_one_peers_reports_fail_only_its_barriers_and_wire_errors_cannot_stop_th
     with pytest.raises(fed.FedError):
         ray.get(wait_alice, timeout=20)
     assert ray.get(bob.stats.remote(), timeout=20)["waiting"] == 0
+
+
+def set_open_files_limit(actor, extra) -> int:
+    """Limit the actor's process to its open files plus `extra` (None: restore)."""
+    def limit(_self, extra):
+        import os
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if extra is None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + extra, hard))
+        return soft
+
+    return ray.get(actor.__ray_call__.remote(limit, extra))
+
+
+@pytest.mark.timeout(120)
+def test_the_server_keeps_accepting_after_running_out_of_file_descriptors() -> None:
+    job = "emfile"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    set_open_files_limit(alice, 2)
+    try:
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+        time.sleep(1.0)  # let accept() run into EMFILE
+    finally:
+        set_open_files_limit(alice, None)
+    for s in conns:
+        s.close()
+    with Raw(port) as c:  # accepted again once descriptors are back
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
 
 
 # ---- the egress perimeter in simulation mode ---------------------------------------------------
