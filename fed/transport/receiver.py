@@ -40,6 +40,8 @@ _DRAIN_S = 2.0
 _DRAIN_BYTES = 64 * 1024 * 1024
 _ACCEPT_BACKOFF_S = 0.05
 _MIN_MAX_CHUNK = 64 * 1024 * 1024
+#: What one declared buffer costs before its bytes arrive (list slot, buffer object).
+_BUFFER_OVERHEAD_BYTES = 128
 
 
 @dataclass
@@ -48,6 +50,7 @@ class _Arrived:
     value: Any = None
     error: Optional[BaseException] = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
+    wire_bytes: int = 0  # the value's size on the wire (stats)
 
 
 @dataclass
@@ -64,7 +67,12 @@ class _Counters:
 
 
 class ReceiverProxy:
-    """One per party and job. Listens on the party's address; serves receive barriers."""
+    """One per party and job. Listens on the party's address; serves receive barriers.
+
+    `max_chunk_bytes` is this party's own ``chunk_size_in_bytes``; the receiver accepts
+    DATA frames up to the larger of it and 64 MiB (peers may send larger chunks than
+    we do) and advertises that bound in its WELCOME as ``max_data_frame_bytes``.
+    """
 
     def __init__(
         self,
@@ -356,7 +364,7 @@ class ReceiverProxy:
         if not self._budget.settle(value, keep=True):
             raise FedError("the connection gave up on this value before it was stored")
         nbytes = value.charged
-        self._counters.add(key.src, nbytes)
+        self._counters.add(key.src, arrived.wire_bytes)
         if waiter is not None:
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
@@ -604,7 +612,8 @@ class ReceiverProxy:
                 f"{self._limits.max_connections_per_peer} connections here", src, job))
             return None  # closed without a word: the sender retries with backoff
         self._send(sock, wire.WELCOME, {
-            "party": self._party, "job": self._job, "limits": self._limits.advertise(),
+            "party": self._party, "job": self._job,
+            "limits": {**self._limits.advertise(), "max_data_frame_bytes": self._max_chunk},
         })
         return src
 
@@ -627,6 +636,11 @@ class ReceiverProxy:
         buffers: list = []
         landing: Optional[Landing] = None
         try:
+            # The buffers' bookkeeping is charged like bytes: many tiny declared buffers
+            # cost memory before any byte arrives.
+            if not self._budget.charge(value, len(sizes) * _BUFFER_OVERHEAD_BYTES,
+                                       limits.busy_after_s):
+                raise self._busy(peer, key)
             try:
                 # Large values go to the object store once complete (fed/transport/plasma.py).
                 landing = Landing.maybe(sizes, kind)
@@ -636,6 +650,7 @@ class ReceiverProxy:
                               f"{exc}", peer, key.job) from None
             self._read_body(sock, buffers, sizes, value)
             arrived = self._decode(key, kind, buffers, landing)
+            arrived.wire_bytes = total
             fresh = self._call_on_loop(self._on_arrival, arrived, value)
         finally:
             self._budget.settle(value, keep=False)  # no-op once the loop kept it
