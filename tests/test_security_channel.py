@@ -334,16 +334,22 @@ def held(actor) -> dict:
     return ray.get(actor.stats.remote())["held_bytes"]
 
 
-@pytest.mark.timeout(120)
-def test_a_declared_value_costs_only_the_bytes_that_arrived_and_they_return() -> None:
-    """A header declaring a 4 GiB out-of-band buffer (the object-store path), 1 MiB of
-    it, then silence: the budget charges 1 MiB, memory grows by about that, and both
-    return when the stalled stream is dropped at its frame deadline."""
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+def test_a_declared_value_costs_only_the_bytes_that_arrived_and_they_return(
+        pki: Path, secure: bool) -> None:
+    """What an authenticated hostile peer can make a party hold with declarations: a
+    header declaring a 4 GiB out-of-band buffer (the object-store path), 1 MiB of it,
+    then silence; a header declaring 1,000,000 buffers, then silence. The budget
+    charges what arrived (and the buffers' bookkeeping), memory grows by about that,
+    and both return when the stalled stream is dropped at its frame deadline."""
     job = "declared"
     limits = {"max_buffered_bytes_per_peer": 64 * MIB, "frame_timeout_s": 3.0}
-    alice, port = start_receiver("alice", job, ["alice", "bob"], limits=limits)
+    alice, port = start_receiver("alice", job, PARTIES, tls_of(pki, "alice") if secure else None,
+                                 limits=limits)
+    bob = creds(pki, "bob") if secure else None
     rss_before = actor_rss(alice)
-    with Raw(port, timeout=30) as c:
+    with Raw(port, bob, timeout=30) as c:
         assert c.hello("bob", job, "alice")[0] == wire.WELCOME
         c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 0), "kind": "value",
                              "sizes": [100, 4 << 30]})
@@ -358,9 +364,16 @@ def test_a_declared_value_costs_only_the_bytes_that_arrived_and_they_return() ->
     growth_after = actor_rss(alice) - rss_before
     assert growth_open < 128 * MIB, f"grew {growth_open / MIB:.0f} MiB for 1 MiB received"
     assert growth_after < 64 * MIB, f"kept {growth_after / MIB:.0f} MiB after the drop"
+    with Raw(port, bob, timeout=30) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 2), "kind": "value",
+                             "sizes": [1] * 1_000_000})
+        assert wait_until(lambda: held(alice).get("bob") == 128 * 1_000_000, 20), held(alice)
+        assert c.reply_or_closed() is None
+    assert wait_until(lambda: held(alice) == {}, 20), held(alice)
     # The receiver still takes an honest large value through the same path.
     big = np.arange(2 * MIB, dtype=np.float32)
-    sender = start_sender("bob", job, {"alice": port})
+    sender = start_sender("bob", job, {"alice": port}, tls_of(pki, "bob") if secure else None)
     ray.get(sender.send.remote(msg_key(job, "bob", "alice", 1), [ray.put(big)]))
     assert np.array_equal(ray.get(alice.get.remote(msg_key(job, "bob", "alice", 1))), big)
     print(f"4 GiB declared, 1 MiB sent: RSS +{growth_open / MIB:.1f} MiB while open, "
