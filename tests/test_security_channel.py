@@ -380,6 +380,25 @@ def test_a_declared_value_costs_only_the_bytes_that_arrived_and_they_return(
           f"+{growth_after / MIB:.1f} MiB after the drop ({dropped_after:.1f} s later)")
 
 
+@pytest.mark.timeout(120)
+def test_a_small_value_that_decodes_large_is_not_held_decoded() -> None:
+    """32 bytes that unpickle to 256 MiB (bytearray(n), admitted by default): held until
+    claimed as the 29 bytes the budget charged, decoded again by the barrier."""
+    job = "expands"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    n = 256 * MIB
+    payload = b"\x80\x05\x8c\x08builtins\x8c\tbytearray\x93J" + n.to_bytes(4, "little") + b"\x85R."
+    rss_before = actor_rss(alice)
+    key = msg_key(job, "bob", "alice", 0)
+    with Raw(port) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        assert c.send_value(key, payload)[0] == wire.ACK
+    growth = actor_rss(alice) - rss_before
+    assert held(alice)["bob"] < 1024, held(alice)
+    assert growth < 64 * MIB, f"the receiver holds {growth / MIB:.0f} MiB for a {len(payload)} byte value"
+    assert len(ray.get(alice.get.remote(key))) == n
+
+
 @pytest.mark.timeout(240)
 def test_slow_handshakes_trickling_frames_and_idle_connections_end_at_deadlines(pki: Path) -> None:
     job = "slow"

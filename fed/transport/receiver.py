@@ -51,6 +51,10 @@ class _Arrived:
     error: Optional[BaseException] = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
     wire_bytes: int = 0  # the value's size on the wire (stats)
+    #: The received buffers of a value held until claimed: kept instead of the decoded
+    #: value (which may be far larger than what the budget charged) and decoded again
+    #: by the barrier.
+    encoded: Optional[list] = None
 
 
 @dataclass
@@ -206,7 +210,14 @@ class ReceiverProxy:
             raise self._diverged(expected=key, got=arrived.key)
         if arrived.error is not None:
             raise _raisable(arrived.error, key)
+        if arrived.encoded is not None:
+            return await asyncio.get_running_loop().run_in_executor(None, self._loads, arrived.encoded)
         return arrived.value
+
+    def _loads(self, buffers: list) -> Any:
+        """Decode a held value's buffers again (they passed the allowlist on arrival)."""
+        with memoryview(buffers[0]) as data:
+            return serialization.loads(data, buffers[1:], self._allowlist)
 
     async def _wait_for(self, key: MessageKey, slot: tuple[str, int]) -> _Arrived:
         self._raise_if_hopeless(key)
@@ -366,9 +377,12 @@ class ReceiverProxy:
         nbytes = value.charged
         self._counters.add(key.src, arrived.wire_bytes)
         if waiter is not None:
+            arrived.encoded = None
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
         else:
+            if arrived.encoded is not None:
+                arrived.value = None  # held as the charged bytes; decoded when claimed
             arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
@@ -652,11 +666,12 @@ class ReceiverProxy:
             arrived = self._decode(key, kind, buffers, landing)
             arrived.wire_bytes = total
             fresh = self._call_on_loop(self._on_arrival, arrived, value)
+            buffers = []  # delivered or dropped: freed with their last reference
         finally:
             self._budget.settle(value, keep=False)  # no-op once the loop kept it
             if landing is not None:
                 landing.close()
-            close_buffers(buffers)
+            close_buffers(buffers)  # a failed value's memory is returned now
         if isinstance(arrived.error, FedSerializationError):
             raise Refusal("deserialization", str(arrived.error), peer, key.job)
         self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
@@ -717,7 +732,7 @@ class ReceiverProxy:
                     arrived.value = serialization.loads(bytes(buffers[0]), buffers[1:],
                                                         self._allowlist)
             else:
-                arrived.value = value
+                arrived.value, arrived.encoded = value, buffers
         except FedSerializationError as exc:
             arrived.error = exc
         return arrived
