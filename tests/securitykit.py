@@ -186,3 +186,49 @@ def actor_rss(actor) -> int:
 
 def encode_map(body: dict) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
+
+
+def trickle(sock: socket.socket, data: bytes, every_s: float) -> Optional[int]:
+    """Send `data` one byte every `every_s` seconds (a slowloris); return how many bytes
+    went out before the receiver closed the connection, None if it never did."""
+    import select
+
+    for i in range(len(data)):
+        readable, _, _ = select.select([sock], [], [], every_s)
+        if readable:
+            try:
+                if not sock.recv(65536):
+                    return i
+            except OSError:
+                return i
+        try:
+            sock.sendall(data[i:i + 1])
+        except OSError:
+            return i
+    return None
+
+
+def client_hello(ca: str) -> bytes:
+    """The first bytes of a TLS handshake (a ClientHello), to send as slowly as we like."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=ca)
+    ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_side=False)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def wait_until(predicate, timeout_s: float, every_s: float = 0.1) -> bool:
+    """Poll `predicate` until it holds or `timeout_s` passes; return whether it held."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return bool(predicate())

@@ -31,12 +31,15 @@ from securitykit import (
     MIB,
     Raw,
     actor_rss,
+    client_hello,
     encode_map,
     issue_cert,
     msg_key,
     pickled,
     start_receiver,
     start_sender,
+    trickle,
+    wait_until,
 )
 
 PARTIES = ["alice", "bob", "carol"]
@@ -138,7 +141,8 @@ def test_tls_identity_impersonation_spoofing_and_misrouting(pki: Path) -> None:
             s.sendall(random.Random(n).randbytes(300))
     # Authenticated alice, but another job / another destination.
     with Raw(bob_port, creds(pki, "alice")) as c:
-        assert refusal(c.hello("alice", "other-job", "bob")) == "job_not_running"
+        reply = c.hello("alice", "other-job", "bob")
+        assert refusal(reply) == "job_not_running" and job not in reply[1]["detail"]
     with Raw(bob_port, creds(pki, "alice")) as c:
         assert refusal(c.hello("alice", job, "carol")) == "wrong_destination"
     # Authenticated alice whose frames claim another source, job or destination.
@@ -357,6 +361,235 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
     print(f"busy answered after {busy_s:.2f} s (busy_after_s=1)")
     print(f"fuzz: 2,000 connections / 11,000 frames in {fuzz_s:.1f} s; "
           f"refusals {stats['refusals_by_reason']}; receiver RSS growth {growth / MIB:.0f} MiB")
+
+
+# ---- memory, deadlines and connection caps -----------------------------------------------------
+
+
+def held(actor) -> dict:
+    return ray.get(actor.stats.remote())["held_bytes"]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+def test_a_declared_value_costs_only_the_bytes_that_arrived_and_they_return(
+        pki: Path, secure: bool) -> None:
+    """What an authenticated hostile peer can make a party hold with declarations: a
+    header declaring a 4 GiB out-of-band buffer (the object-store path), 1 MiB of it,
+    then silence; a header declaring 1,000,000 buffers, then silence. The budget
+    charges what arrived (and the buffers' bookkeeping), memory grows by about that,
+    and both return when the stalled stream is dropped at its frame deadline."""
+    job = "declared"
+    limits = {"max_buffered_bytes_per_peer": 64 * MIB, "frame_timeout_s": 3.0}
+    alice, port = start_receiver("alice", job, PARTIES, tls_of(pki, "alice") if secure else None,
+                                 limits=limits)
+    bob = creds(pki, "bob") if secure else None
+    rss_before = actor_rss(alice)
+    with Raw(port, bob, timeout=30) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 0), "kind": "value",
+                             "sizes": [100, 4 << 30]})
+        c.frame(wire.DATA, b"\1" * MIB)
+        # Charged: the bytes that arrived, plus 128 bytes of bookkeeping per buffer.
+        assert wait_until(lambda: held(alice).get("bob") == MIB + 2 * 128, 20), held(alice)
+        growth_open = actor_rss(alice) - rss_before
+        started = time.monotonic()
+        assert c.reply_or_closed() is None  # dropped at the deadline
+        dropped_after = time.monotonic() - started
+    assert wait_until(lambda: held(alice) == {}, 20), held(alice)
+    growth_after = actor_rss(alice) - rss_before
+    assert growth_open < 128 * MIB, f"grew {growth_open / MIB:.0f} MiB for 1 MiB received"
+    assert growth_after < 64 * MIB, f"kept {growth_after / MIB:.0f} MiB after the drop"
+    with Raw(port, bob, timeout=30) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 2), "kind": "value",
+                             "sizes": [1] * 1_000_000})
+        assert wait_until(lambda: held(alice).get("bob") == 128 * 1_000_000, 20), held(alice)
+        assert c.reply_or_closed() is None
+    assert wait_until(lambda: held(alice) == {}, 20), held(alice)
+    # The receiver still takes an honest large value through the same path.
+    big = np.arange(2 * MIB, dtype=np.float32)
+    sender = start_sender("bob", job, {"alice": port}, tls_of(pki, "bob") if secure else None)
+    ray.get(sender.send.remote(msg_key(job, "bob", "alice", 1), [ray.put(big)]))
+    assert np.array_equal(ray.get(alice.get.remote(msg_key(job, "bob", "alice", 1))), big)
+    print(f"4 GiB declared, 1 MiB sent: RSS +{growth_open / MIB:.1f} MiB while open, "
+          f"+{growth_after / MIB:.1f} MiB after the drop ({dropped_after:.1f} s later)")
+
+
+@pytest.mark.timeout(120)
+def test_a_small_value_that_decodes_large_is_not_held_decoded() -> None:
+    """32 bytes that unpickle to 256 MiB (bytearray(n), admitted by default): held until
+    claimed as the 29 bytes the budget charged, decoded again by the barrier."""
+    job = "expands"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    n = 256 * MIB
+    payload = b"\x80\x05\x8c\x08builtins\x8c\tbytearray\x93J" + n.to_bytes(4, "little") + b"\x85R."
+    rss_before = actor_rss(alice)
+    key = msg_key(job, "bob", "alice", 0)
+    with Raw(port) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        assert c.send_value(key, payload)[0] == wire.ACK
+    growth = actor_rss(alice) - rss_before
+    assert held(alice)["bob"] < 1024, held(alice)
+    assert growth < 64 * MIB, f"the receiver holds {growth / MIB:.0f} MiB for a {len(payload)} byte value"
+    assert len(ray.get(alice.get.remote(key))) == n
+
+
+@pytest.mark.timeout(240)
+def test_slow_handshakes_trickling_frames_and_idle_connections_end_at_deadlines(pki: Path) -> None:
+    job = "slow"
+    limits = {"handshake_timeout_s": 2.0, "frame_timeout_s": 2.0, "idle_timeout_s": 3.0}
+    alice, port = start_receiver("alice", job, ["alice", "bob"], limits=limits)
+    _bob, tls_port = start_receiver("bob", job, PARTIES, tls_of(pki, "bob"), limits=limits)
+    hello = wire.encode_control(wire.HELLO, {"proto": wire.PROTOCOL, "src": "bob", "job": job,
+                                             "dst": "alice"})
+    times = {}
+    # One byte every 0.5 s: each read is quick, the handshake as a whole is not.
+    for name, target, data in [("HELLO", port, hello),
+                               ("TLS ClientHello", tls_port, client_hello(creds(pki, "bob")[2]))]:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", target), timeout=10) as s:
+            sent = trickle(s, data, 0.5)
+        times[name] = time.monotonic() - started
+        assert sent is not None and sent < len(data), f"a trickled {name} was let through"
+    # After WELCOME: a DATA frame that trickles is dropped at the frame deadline.
+    with Raw(port) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        c.control(wire.MSG, {"key": msg_key(job, "bob", "alice", 0), "kind": "value", "sizes": [64]})
+        c.sock.sendall(struct.pack("!BI", wire.DATA, 64))
+        started = time.monotonic()
+        sent = trickle(c.sock, b"x" * 64, 0.5)
+        times["DATA frame"] = time.monotonic() - started
+        assert sent is not None and sent < 64, "a trickled frame was let through"
+    # A connection silent after WELCOME ends at the idle deadline.
+    with Raw(port) as c:
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
+        started = time.monotonic()
+        assert c.reply_or_closed() is None
+        times["idle"] = time.monotonic() - started
+    assert held(alice) == {}
+    # An honest sender's pooled connection is closed the same way; its next send reconnects.
+    sender = start_sender("bob", job, {"alice": port})
+    k1, k2 = msg_key(job, "bob", "alice", 1), msg_key(job, "bob", "alice", 2)
+    ray.get(sender.send.remote(k1, [ray.put("one")]))
+    time.sleep(4.0)  # longer than idle_timeout_s: the pooled connection is gone
+    ray.get(sender.send.remote(k2, [ray.put("two")]))
+    assert ray.get([alice.get.remote(k1), alice.get.remote(k2)]) == ["one", "two"]
+    print("dropped after " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
+
+
+@pytest.mark.timeout(180)
+def test_a_connection_flood_does_not_stop_a_peer_from_delivering_or_answering() -> None:
+    job = "flood"
+    limits = {"max_connections": 64, "max_handshakes_per_ip": 8, "max_connections_per_peer": 8}
+    alice, port = start_receiver("alice", job, ["alice", "bob", "mallory"], limits=limits)
+    # 300 connections from another source address that never say anything.
+    flood = []
+    for _ in range(300):
+        s = socket.socket()
+        s.settimeout(5)
+        try:
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            pass
+        flood.append(s)
+    # 20 connections that complete the handshake as the same (hostile) party.
+    kept, closed = [], 0
+    for _ in range(20):
+        c = Raw(port)
+        try:
+            assert c.hello("mallory", job, "alice")[0] == wire.WELCOME
+            kept.append(c)
+        except (OSError, wire.PeerClosed):
+            closed += 1
+            c.close()
+    try:
+        assert len(kept) == 8 and closed == 12
+        sender = start_sender("bob", job, {"alice": port})
+        assert "alice" not in ray.get(sender.ping_all.remote(10.0))  # heartbeats answered
+        keys = [msg_key(job, "bob", "alice", i) for i in range(5)]
+        ray.get([sender.send.remote(k, [ray.put(i)]) for i, k in enumerate(keys)])
+        assert ray.get([alice.get.remote(k) for k in keys]) == list(range(5))
+        stats = ray.get(alice.stats.remote())
+        assert stats["dropped_connections"] >= 300 - 8, stats
+        assert stats["refusals_by_reason"].get("too_many_connections") == 12, stats
+    finally:
+        for s in flood:
+            s.close()
+        for c in kept:
+            c.close()
+
+
+@pytest.mark.timeout(120)
+def test_one_peers_reports_fail_only_its_barriers_and_wire_errors_cannot_stop_the_loop() -> None:
+    job = "scoped"
+    bob, port = start_receiver("bob", job, PARTIES)
+    from_alice, from_carol = msg_key(job, "alice", "bob", 0), msg_key(job, "carol", "bob", 0)
+    wait_alice, wait_carol = bob.get.remote(from_alice), bob.get.remote(from_carol)
+    assert wait_until(lambda: ray.get(bob.stats.remote())["waiting"] == 2, 20)
+    with Raw(port) as c:  # without TLS anyone can claim to be carol
+        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        c.control(wire.PING, {"issued": "x", "waiting": [[{}, 1]], "pending": [{"ordinal": []}]})
+        assert c.read()[0] == wire.PONG  # ill-typed status: ignored
+        c.control(wire.NOTICE, {"kind": "divergence", "text": "forged"})
+        assert c.read()[0] == wire.ACK
+        c.control(wire.BYE, {"sent": 0})
+        assert c.read()[0] == wire.ACK
+        c.control(wire.PING, {"issued": 0, "waiting": [],
+                              "pending": [msg_key(job, "carol", "bob", 0, call="elsewhere")]})
+        assert c.read()[0] == wire.PONG
+    with pytest.raises(fed.FedDivergenceError, match="forged"):
+        ray.get(wait_carol)
+    with Raw(port) as c:  # a value arriving after its barrier failed is dropped and released
+        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        assert c.send_value(from_carol, pickled("late")) == (wire.ACK, {"ordinal": 0, "duplicate": True})
+    assert held(bob) == {}
+    assert not ray.wait([wait_alice], timeout=1.0)[0], "carol's reports failed alice's barrier"
+    # A refusal decided on the header reaches a client that keeps streaming the body.
+    with Raw(port) as c:
+        assert c.hello("alice", job, "bob")[0] == wire.WELCOME
+        reply = c.send_value(msg_key("other-job", "alice", "bob", 5), b"\0" * (32 * MIB))
+        assert refusal(reply) == "job_not_running"
+    # An error value that is a SystemExit: the barrier fails, the event loop lives on.
+    with Raw(port) as c:
+        assert c.hello("alice", job, "bob")[0] == wire.WELCOME
+        assert c.send_value(from_alice, pickled(SystemExit(3)), kind="error")[0] == wire.ACK
+    with pytest.raises(fed.FedError):
+        ray.get(wait_alice, timeout=20)
+    assert ray.get(bob.stats.remote(), timeout=20)["waiting"] == 0
+
+
+def set_open_files_limit(actor, extra) -> int:
+    """Limit the actor's process to its open files plus `extra` (None: restore)."""
+    def limit(_self, extra):
+        import os
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if extra is None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + extra, hard))
+        return soft
+
+    return ray.get(actor.__ray_call__.remote(limit, extra))
+
+
+@pytest.mark.timeout(120)
+def test_the_server_keeps_accepting_after_running_out_of_file_descriptors() -> None:
+    job = "emfile"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    set_open_files_limit(alice, 2)
+    try:
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+        time.sleep(1.0)  # let accept() run into EMFILE
+    finally:
+        set_open_files_limit(alice, None)
+    for s in conns:
+        s.close()
+    with Raw(port) as c:  # accepted again once descriptors are back
+        assert c.hello("bob", job, "alice")[0] == wire.WELCOME
 
 
 # ---- the egress perimeter in simulation mode ---------------------------------------------------

@@ -1,14 +1,20 @@
-"""Backpressure for the receiver: how many bytes each peer may have waiting here.
+"""Backpressure for the receiver: how many bytes each peer may make this party hold.
 
-A value that arrives before its receive barrier asks for it is held in memory. The
-bytes held per peer are bounded: a connection whose next value does not fit waits
-(stops reading, so TCP pushes back on the sender) until barriers claim earlier
-values. A value always fits when nothing else from that peer is held (so one value
-larger than the limit still crosses) or when its barrier is already waiting (it is
-claimed the moment it is complete, and refusing it could deadlock the job).
+The budget charges bytes that *arrived*, never bytes a header merely declares: every
+DATA frame is charged before it is read, and a value's charge stays until a barrier
+claims it or the value is dropped (stalled stream, refusal, closed connection), when
+it is returned at once.
+
+A frame fits when the peer's charged bytes stay within the limit, or when its value
+is the oldest one in flight from that peer and the peer holds no finished value (so
+one value larger than the limit still crosses, and two concurrent values cannot
+wait on each other forever), or when its barrier is already waiting (it is claimed
+the moment it is complete; refusing it could deadlock the job). A connection whose
+frame does not fit stops reading (TCP pushes back on the sender) until it fits.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Optional
@@ -16,43 +22,96 @@ from typing import Optional
 Slot = tuple[str, int]  # (source party, ordinal)
 
 
+class Inflight:
+    """One value being received: its slot and the bytes charged for it so far."""
+
+    __slots__ = ("slot", "seq", "charged", "settled")
+
+    def __init__(self, slot: Slot, seq: int) -> None:
+        self.slot, self.seq, self.charged, self.settled = slot, seq, 0, False
+
+
 class PeerBudget:
     """Thread-safe accounting shared by connection threads and the actor's event loop."""
 
     def __init__(self, limit: Optional[int]) -> None:
         self._limit = limit
-        self._held: dict[str, int] = {}
+        self._held: dict[str, int] = {}  # per peer: bytes of finished values + in flight
+        self._stored: dict[str, int] = {}  # per peer: bytes of finished, unclaimed values
+        self._inflight: dict[str, dict[int, Inflight]] = {}
         self._awaited: set[Slot] = set()
+        self._seq = itertools.count()
         self._closed = False
         self._cond = threading.Condition()
 
-    def admit(self, slot: Slot, nbytes: int, timeout_s: float) -> bool:
-        """Reserve `nbytes` for the value in `slot`; wait up to `timeout_s` for room.
+    def admit(self, slot: Slot, declared: int, timeout_s: float) -> Optional[Inflight]:
+        """Start a value: wait up to `timeout_s` until its *declared* size would fit.
 
-        False when it still does not fit (or the receiver stops): the caller refuses
-        the value as busy and the sender retries later.
+        Reserves nothing (the declaration is only a hint for backpressure); returns
+        the value's handle, or None when it still does not fit (the caller answers
+        `busy` and the sender retries later).
         """
+        peer = slot[0]
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while not self._fits(slot, nbytes):
-                remaining = deadline - time.monotonic()
-                if self._closed or remaining <= 0:
+            while not (self._held.get(peer, 0) == 0 or self._fits(slot, declared, None)):
+                if not self._wait(deadline):
+                    return None
+            value = Inflight(slot, next(self._seq))
+            self._inflight.setdefault(peer, {})[value.seq] = value
+            return value
+
+    def charge(self, value: Inflight, nbytes: int, timeout_s: float) -> bool:
+        """Charge `nbytes` about to be read for `value`; wait up to `timeout_s` for room."""
+        peer = value.slot[0]
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._fits(value.slot, nbytes, value):
+                if value.settled or not self._wait(deadline):
                     return False
-                self._cond.wait(remaining)
-            self._held[slot[0]] = self._held.get(slot[0], 0) + nbytes
+            if value.settled:
+                return False
+            value.charged += nbytes
+            self._held[peer] = self._held.get(peer, 0) + nbytes
             return True
 
-    def _fits(self, slot: Slot, nbytes: int) -> bool:
-        held = self._held.get(slot[0], 0)
-        return (
-            self._limit is None or held == 0 or held + nbytes <= self._limit
-            or slot in self._awaited
-        )
+    def _wait(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if self._closed or remaining <= 0:
+            return False
+        self._cond.wait(remaining)
+        return True
+
+    def _fits(self, slot: Slot, nbytes: int, value: Optional[Inflight]) -> bool:
+        peer = slot[0]
+        held = self._held.get(peer, 0)
+        if self._limit is None or held + nbytes <= self._limit or slot in self._awaited:
+            return True
+        if value is None or self._stored.get(peer, 0):
+            return False
+        return value.seq == min(self._inflight.get(peer, {}), default=value.seq)
+
+    def settle(self, value: Inflight, keep: bool) -> bool:
+        """End `value`: keep its charge (held for a barrier) or return it. Only the first
+        call counts (a connection thread and the event loop may race); True if it did."""
+        peer = value.slot[0]
+        with self._cond:
+            if value.settled:
+                return False
+            value.settled = True
+            self._inflight.get(peer, {}).pop(value.seq, None)
+            if keep:
+                self._stored[peer] = self._stored.get(peer, 0) + value.charged
+            else:
+                self._held[peer] = max(0, self._held.get(peer, 0) - value.charged)
+            self._cond.notify_all()
+            return True
 
     def release(self, src: str, nbytes: int) -> None:
-        """The bytes of a value were claimed by a barrier, dropped, or never completed."""
+        """A held value was claimed by a barrier or dropped."""
         with self._cond:
             self._held[src] = max(0, self._held.get(src, 0) - nbytes)
+            self._stored[src] = max(0, self._stored.get(src, 0) - nbytes)
             self._cond.notify_all()
 
     def awaiting(self, slot: Slot, waiting: bool) -> None:

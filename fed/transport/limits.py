@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import mmap
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union
 
 from fed.errors import FedLimitError
-from fed.transport import wire
 
 #: Buffers at least this large are anonymous memory maps: pages are committed only as
-#: bytes arrive, so a header that merely *declares* a huge value costs nothing.
+#: bytes arrive (and the budget is charged per DATA frame before it is read), so a
+#: declared size costs address space, not memory, until its bytes arrive.
 _LAZY_BUFFER_BYTES = 1024 * 1024
 _MAX_LOGGED_KINDS = 1000
 
@@ -31,24 +31,37 @@ class ReceiverLimits:
     #: How long a connection waits for buffer room before answering `busy` (the sender
     #: retries within its timeout_in_ms).
     busy_after_s: float = 5.0
+    #: From accept to WELCOME sent, TLS handshake included, however the bytes trickle.
+    handshake_timeout_s: float = 20.0
+    #: Each frame once its head arrived, and the gap between the frames of one value.
+    frame_timeout_s: float = 120.0
+    #: A connection with no frame for this long after WELCOME is closed (senders open
+    #: a new one; heartbeats every second keep the heartbeat connection busy).
+    idle_timeout_s: float = 300.0
+    #: Connections at once, and those not past the handshake per source address (at
+    #: most half of max_connections in total), and those per authenticated party.
+    max_connections: int = 256
+    max_handshakes_per_ip: int = 16
+    max_connections_per_peer: int = 32
 
     @classmethod
     def from_comm(cls, comm: Mapping[str, Any]) -> "ReceiverLimits":
-        """From the ``cross_silo_comm`` keys (missing keys keep their defaults)."""
-        names = {
-            "messages_max_size_in_bytes": "max_value_bytes",
-            "max_buffered_bytes_per_peer": "max_buffered_bytes_per_peer",
-            "max_header_bytes": "max_header_bytes",
-            "max_frames_per_value": "max_frames_per_value",
-            "busy_after_s": "busy_after_s",  # not a user key: tests shorten the wait
-        }
-        return cls(**{ours: comm[theirs] for theirs, ours in names.items() if theirs in comm})
+        """From the receiver's settings: the ``cross_silo_comm`` keys of docs/security.md
+        (``messages_max_size_in_bytes`` is ``max_value_bytes`` here) and this class's
+        field names; missing keys keep their defaults, unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        values = {("max_value_bytes" if k == "messages_max_size_in_bytes" else k): v
+                  for k, v in comm.items()}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown receiver limits {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
 
     def advertise(self) -> dict[str, Any]:
         """Sent in WELCOME so a well-behaved sender checks before streaming."""
-        data = asdict(self)
-        data.pop("busy_after_s")
-        return data
+        return {k: getattr(self, k) for k in (
+            "max_value_bytes", "max_buffered_bytes_per_peer", "max_header_bytes",
+            "max_frames_per_value")}
 
 
 class ReceiverBusy(ConnectionError):
@@ -110,16 +123,3 @@ def allocate(size: int) -> Union[bytearray, mmap.mmap]:
     if size < _LAZY_BUFFER_BYTES:
         return bytearray(size)
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-
-
-def read_control_bounded(sock: Any, max_len: int) -> tuple[int, dict[str, Any]]:
-    """wire.read_control, but an oversized header is a `header_too_large` refusal."""
-    ftype, length = wire.read_head(sock)
-    if ftype not in wire.NAMES or ftype == wire.DATA:
-        raise wire.ProtocolError(f"expected a control frame, got frame type {ftype}")
-    if length > max_len:
-        raise Refusal("header_too_large", f"{wire.NAMES[ftype]} frame of {length} bytes exceeds "
-                      f"max_header_bytes={max_len}")
-    payload = bytearray(length)
-    wire.recv_into_exact(sock, memoryview(payload))
-    return ftype, wire.decode(payload)

@@ -1,15 +1,20 @@
 """The receiving end of the channel: a Ray actor hosting this party's TCP/TLS server.
 
-Connection threads read frames straight into preallocated buffers (blocking sockets
-release the GIL, so reading runs beside the actor's event loop); whole values are
-handed to the event loop, where receive barriers (`get`) wait for them.
+Connection threads read frames straight into receive buffers whose memory is committed
+as bytes arrive (blocking sockets release the GIL, so reading runs beside the actor's
+event loop); whole values are handed to the event loop, where receive barriers (`get`)
+wait for them. Every read has a deadline (handshake, frame, idle; docs/security.md)
+and connections are capped per source address and per party.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,11 +29,19 @@ from fed.errors import (
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
-from fed.transport.budget import PeerBudget
-from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate, read_control_bounded
-from fed.transport.plasma import Landing
+from fed.transport.budget import Inflight, PeerBudget
+from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate
+from fed.transport.plasma import Landing, close_buffers
 
-MAX_CONNECTIONS = 256
+#: How long a connection thread waits for the actor's event loop to take a value.
+_LOOP_CALL_TIMEOUT_S = 60.0
+#: After a REFUSE: how long and how much of the sender's stream is read before closing.
+_DRAIN_S = 2.0
+_DRAIN_BYTES = 64 * 1024 * 1024
+_ACCEPT_BACKOFF_S = 0.05
+_MIN_MAX_CHUNK = 64 * 1024 * 1024
+#: What one declared buffer costs before its bytes arrive (list slot, buffer object).
+_BUFFER_OVERHEAD_BYTES = 128
 
 
 @dataclass
@@ -37,6 +50,11 @@ class _Arrived:
     value: Any = None
     error: Optional[BaseException] = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
+    wire_bytes: int = 0  # the value's size on the wire (stats)
+    #: The received buffers of a value held until claimed: kept instead of the decoded
+    #: value (which may be far larger than what the budget charged) and decoded again
+    #: by the barrier.
+    encoded: Optional[list] = None
 
 
 @dataclass
@@ -45,6 +63,7 @@ class _Counters:
     bytes: dict = field(default_factory=dict)
     duplicates: int = 0
     refusals: int = 0
+    dropped_connections: int = 0  # closed at accept: a connection cap was reached
 
     def add(self, src: str, nbytes: int) -> None:
         self.values[src] = self.values.get(src, 0) + 1
@@ -52,7 +71,12 @@ class _Counters:
 
 
 class ReceiverProxy:
-    """One per party and job. Listens on the party's address; serves receive barriers."""
+    """One per party and job. Listens on the party's address; serves receive barriers.
+
+    `max_chunk_bytes` is this party's own ``chunk_size_in_bytes``; the receiver accepts
+    DATA frames up to the larger of it and 64 MiB (peers may send larger chunks than
+    we do) and advertises that bound in its WELCOME as ``max_data_frame_bytes``.
+    """
 
     def __init__(
         self,
@@ -77,7 +101,9 @@ class ReceiverProxy:
         self._ssl: Optional[ssl.SSLContext] = server_context(tls)
         self._allowlist = serialization.Allowlist.from_config(allowlist)
         self._max_message = max_message_bytes
-        self._max_chunk = max(max_chunk_bytes, 64 * 1024 * 1024)
+        # DATA frames may be as large as the sender's chunk_size_in_bytes, at least 64 MiB
+        # (a receiver must take what a peer with a larger chunk size sends).
+        self._max_chunk = max(max_chunk_bytes, _MIN_MAX_CHUNK)
         self._log = party_logger(party, job)
         configure_unconfigured()  # in a worker process refusals must still be seen
         self._limits = ReceiverLimits.from_comm(
@@ -89,7 +115,7 @@ class ReceiverProxy:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._server: Optional[socket.socket] = None
         self._stopping = threading.Event()
-        self._conns: set[socket.socket] = set()
+        self._conns: dict[int, _Conn] = {}
         self._conns_lock = threading.Lock()
         # Event-loop state (touched only on the actor's loop).
         self._arrived: dict[tuple[str, int], _Arrived] = {}
@@ -97,6 +123,7 @@ class ReceiverProxy:
         self._waiters: dict[tuple[str, int], tuple[MessageKey, asyncio.Future]] = {}
         self._finished: dict[str, int] = {}
         self._lost: dict[str, FedPeerUnavailableError] = {}
+        self._peer_failed: dict[str, FedError] = {}  # a peer reported a failure (NOTICE)
         self._failure: Optional[FedError] = None
         self._issued: dict[str, int] = {}  # values this party issued per peer (from our sender)
         self._stuck: dict[str, int] = {}  # consecutive heartbeats showing a wait cycle per peer
@@ -137,13 +164,12 @@ class ReceiverProxy:
                 pass
             self._server.close()
         with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
+            socks = [c.sock for c in self._conns.values()]
+        for sock in socks:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread reading it, which closes it
             except OSError:
                 pass
-            conn.close()
         for _key, fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(FedError("rayfed shut down while this value was awaited"))
@@ -161,6 +187,7 @@ class ReceiverProxy:
             "buffered": len(self._arrived),
             "held_bytes": self._budget.held(),
             "refusals_by_reason": dict(self._refusals.by_reason),
+            "dropped_connections": c.dropped_connections,
         }
 
     # ---- barriers --------------------------------------------------------------------
@@ -170,32 +197,48 @@ class ReceiverProxy:
         key = MessageKey.from_dict(key_dict)
         slot = (key.src, key.ordinal)
         arrived = self._arrived.pop(slot, None)
-        if arrived is None:
-            self._raise_if_hopeless(key)
-            if self._loop is None:  # a barrier may be served before start() ran
-                self._loop = asyncio.get_running_loop()
-            fut = self._loop.create_future()
-            self._waiters[slot] = (key, fut)
-            self._budget.awaiting(slot, True)
-            try:
-                arrived = await fut
-            finally:
-                self._waiters.pop(slot, None)
-                self._budget.awaiting(slot, False)
-        else:
+        if arrived is not None:
             self._budget.release(key.src, arrived.nbytes)
-        self._consumed.add(slot)
+        try:
+            if self._failure is not None:  # decided: every later barrier says the same
+                raise self._failure
+            if arrived is None:
+                arrived = await self._wait_for(key, slot)
+        finally:
+            self._consumed.add(slot)  # a value arriving later is dropped, its budget returned
         if not arrived.key.same_calls(key):
             raise self._diverged(expected=key, got=arrived.key)
         if arrived.error is not None:
-            raise arrived.error
+            raise _raisable(arrived.error, key)
+        if arrived.encoded is not None:
+            return await asyncio.get_running_loop().run_in_executor(None, self._loads, arrived.encoded)
         return arrived.value
+
+    def _loads(self, buffers: list) -> Any:
+        """Decode a held value's buffers again (they passed the allowlist on arrival)."""
+        with memoryview(buffers[0]) as data:
+            return serialization.loads(data, buffers[1:], self._allowlist)
+
+    async def _wait_for(self, key: MessageKey, slot: tuple[str, int]) -> _Arrived:
+        self._raise_if_hopeless(key)
+        if self._loop is None:  # a barrier may be served before start() ran
+            self._loop = asyncio.get_running_loop()
+        fut = self._loop.create_future()
+        self._waiters[slot] = (key, fut)
+        self._budget.awaiting(slot, True)
+        try:
+            return await fut
+        finally:
+            self._waiters.pop(slot, None)
+            self._budget.awaiting(slot, False)
 
     def _raise_if_hopeless(self, key: MessageKey) -> None:
         if self._failure is not None:
             raise self._failure
         if key.src in self._lost:
             raise self._lost[key.src]
+        if key.src in self._peer_failed:
+            raise self._peer_failed[key.src]
         sent = self._finished.get(key.src)
         if sent is not None and key.ordinal >= sent:
             raise self._finished_error(key, sent)
@@ -208,7 +251,8 @@ class ReceiverProxy:
             "value(s) here (a call or fed.get that only some parties execute?)"
         )
 
-    def _diverged(self, expected: MessageKey, got: MessageKey) -> FedDivergenceError:
+    def _diverged(self, expected: MessageKey, got: MessageKey,
+                  scope: Optional[str] = None) -> FedDivergenceError:
         text = (
             f"the parties' code diverged: party {self._party!r} expected message "
             f"#{expected.ordinal} from {expected.src!r} to be {expected.producer()} consumed "
@@ -217,7 +261,10 @@ class ReceiverProxy:
             "fed.get calls (look for code that depends on the party name)."
         )
         error = FedDivergenceError(text)
-        self._fail_all(error)
+        if scope is None:
+            self._fail_all(error)
+        else:  # learnt from what `scope` announced: fail only what depends on it
+            self._fail_peer(scope, error)
         self._notify_peer(expected.src, {"kind": "divergence", "text": text})
         return error
 
@@ -270,18 +317,16 @@ class ReceiverProxy:
         positions the same script cannot reach at once: the code diverged, and both
         would wait forever. Held for several heartbeats to ride out reporting lag.
         """
-        try:
-            peer_issued = int(status.get("issued", 0))
-            peer_waits = [(int(o), str(d)) for o, d in status.get("waiting", [])]
-            peer_pending = [MessageKey.from_dict(k) for k in status.get("pending", [])]
-        except (TypeError, ValueError, AttributeError):
-            return
+        parsed = _parse_status(status)
+        if parsed is None:
+            return  # not what our senders send: ignored
+        peer_issued, peer_waits, peer_pending = parsed
         # A value the peer will send us, announced before it exists: if it is not the
         # one our barrier expects at that position, the code diverged; say so now.
         for announced in peer_pending:
             waiter = self._waiters.get((peer, announced.ordinal))
             if waiter is not None and not waiter[0].same_calls(announced):
-                self._diverged(expected=waiter[0], got=announced)
+                self._diverged(expected=waiter[0], got=announced, scope=peer)
                 return
         ours = [(o, k) for (src, o), (k, _f) in self._waiters.items()
                 if src == peer and o >= peer_issued]
@@ -301,7 +346,7 @@ class ReceiverProxy:
             "sequence of .remote() and fed.get calls (look for code that depends on the "
             "party name, e.g. an extra fed.get in one party)."
         )
-        self._fail_all(FedDivergenceError(text))
+        self._fail_peer(peer, FedDivergenceError(text))
         self._notify_peer(peer, {"kind": "divergence", "text": text})
 
     async def peer_back(self, peer: str) -> None:
@@ -311,175 +356,341 @@ class ReceiverProxy:
         """A local failure the whole job must see (a send that could not be delivered)."""
         self._fail_all(error)
 
-    def _on_arrival(self, arrived: _Arrived, nbytes: int) -> bool:
-        """Runs on the loop. Returns False for a duplicate (already held or consumed)."""
+    def _on_arrival(self, arrived: _Arrived, value: Inflight) -> bool:
+        """Runs on the loop. Takes over the value's budget charge; returns False for a
+        duplicate (already held or consumed) or a value nobody will claim any more."""
         key = arrived.key
         slot = (key.src, key.ordinal)
         waiter = self._waiters.get(slot)
-        # A done waiter: its barrier took a value and has not marked the slot consumed yet.
+        # A done waiter: its barrier ended (took a value, or failed) and has not marked
+        # the slot consumed yet. A consumed slot includes values whose barrier failed.
         if slot in self._arrived or slot in self._consumed or (waiter and waiter[1].done()):
             self._counters.duplicates += 1
-            self._budget.release(key.src, nbytes)
+            self._budget.settle(value, keep=False)
             return False
-        self._counters.add(key.src, nbytes)
+        if waiter is None and self._failure is not None:
+            self._budget.settle(value, keep=False)  # the job failed: never claimed
+            self._consumed.add(slot)
+            return True
+        if not self._budget.settle(value, keep=True):
+            raise FedError("the connection gave up on this value before it was stored")
+        nbytes = value.charged
+        self._counters.add(key.src, arrived.wire_bytes)
         if waiter is not None:
+            arrived.encoded = None
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
         else:
+            if arrived.encoded is not None:
+                arrived.value = None  # held as the charged bytes; decoded when claimed
             arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
 
-    def _on_bye(self, peer: str, sent: int) -> None:
+    def _on_duplicate(self) -> None:
+        self._counters.duplicates += 1
+
+    def _on_bye(self, peer: str, sent: Any) -> None:
+        """`peer` finished after sending `sent` values here: barriers waiting for more
+        from it can never be served."""
+        if type(sent) is not int or sent < 0:
+            raise wire.ProtocolError("BYE needs a non-negative integer `sent`")
         self._finished[peer] = sent
         for (src, ordinal), (key, fut) in list(self._waiters.items()):
             if src == peer and ordinal >= sent and not fut.done():
                 fut.set_exception(self._finished_error(key, sent))
 
     def _on_notice(self, peer: str, notice: dict[str, Any]) -> None:
+        """A failure `peer` reports fails what depends on `peer`, nothing else."""
+        text = str(notice.get("text"))[:4000]
         if notice.get("kind") == "divergence":
-            self._fail_all(FedDivergenceError(f"party {peer!r} reports: {notice.get('text')}"))
+            self._fail_peer(peer, FedDivergenceError(f"party {peer!r} reports: {text}"))
         elif notice.get("kind") == "send_failed":
-            self._fail_all(FedError(f"party {peer!r} reports: {notice.get('text')}"))
+            self._fail_peer(peer, FedError(f"party {peer!r} reports: {text}"))
+
+    def _fail_peer(self, peer: str, error: FedError) -> None:
+        """Fail every barrier waiting on `peer`, now and later."""
+        self._peer_failed.setdefault(peer, error)
+        for (src, _ordinal), (_key, fut) in list(self._waiters.items()):
+            if src == peer and not fut.done():
+                fut.set_exception(error)
 
     def _call_on_loop(self, fn, *args):
-        """Run `fn` on the actor's loop from a connection thread and return its result."""
-        done = threading.Event()
-        box: list[Any] = []
+        """Run `fn` on the actor's loop from a connection thread; return its result or
+        raise its exception here (never on the loop), within _LOOP_CALL_TIMEOUT_S."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
 
         def run() -> None:
+            if not result.set_running_or_notify_cancel():
+                return  # the connection thread gave up waiting
             try:
-                box.append(fn(*args))
-            finally:
-                done.set()
+                result.set_result(fn(*args))
+            except BaseException as exc:  # handed to the thread; the loop carries on
+                result.set_exception(exc)
 
+        if self._loop is None or self._loop.is_closed():
+            raise FedError("the receiver's event loop is not running")
         self._loop.call_soon_threadsafe(run)
-        done.wait()
-        return box[0] if box else None
+        try:
+            return result.result(_LOOP_CALL_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            result.cancel()
+            raise FedError(f"the receiver's event loop did not answer within "
+                           f"{_LOOP_CALL_TIMEOUT_S:g} s") from None
 
     # ---- connections (threads) ---------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        """Accept until stopped; a failing accept (EMFILE, ENOBUFS...) is logged and
+        retried with backoff, never the end of the server."""
+        backoff = _ACCEPT_BACKOFF_S
         while not self._stopping.is_set():
             try:
-                conn, _addr = self._server.accept()
-            except OSError:
-                return
-            with self._conns_lock:
-                if len(self._conns) >= MAX_CONNECTIONS:
-                    conn.close()
-                    continue
-                self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="fed-conn", daemon=True).start()
+                raw, addr = self._server.accept()
+                self._admit_connection(raw, str(addr[0]))
+                backoff = _ACCEPT_BACKOFF_S
+            except (OSError, RuntimeError) as exc:
+                if self._stopping.is_set():
+                    return
+                self._log.warning("accepting a connection failed (%s); retrying in %.2f s",
+                                  exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
 
-    def _serve(self, raw: socket.socket) -> None:
-        conn: socket.socket = raw
+    def _admit_connection(self, raw: socket.socket, ip: str) -> None:
+        """Serve `raw` on its own thread if the connection caps leave room, else close it."""
+        conn = _Conn(raw, ip)
+        with self._conns_lock:
+            room = self._room_for(ip)
+            if room:
+                self._conns[id(conn)] = conn
+        if not room:
+            self._counters.dropped_connections += 1
+            raw.close()
+            return
+        try:
+            threading.Thread(target=self._serve, args=(conn,), name="fed-conn", daemon=True).start()
+        except BaseException:
+            self._forget(conn)
+            raw.close()
+            raise
+
+    def _room_for(self, ip: str) -> bool:
+        """Caps (under _conns_lock): in total; connections not past the handshake, in
+        total (half the slots, so authenticated peers always find room) and per address."""
+        limits = self._limits
+        if len(self._conns) >= limits.max_connections:
+            return False
+        unbound = [c for c in self._conns.values() if c.peer is None]
+        return (len(unbound) < max(1, limits.max_connections // 2)
+                and sum(c.ip == ip for c in unbound) < limits.max_handshakes_per_ip)
+
+    def _bind_peer(self, conn: _Conn, peer: str) -> bool:
+        """The handshake named `peer`: count the connection against that party's cap."""
+        with self._conns_lock:
+            if sum(c.peer == peer for c in self._conns.values()) >= self._limits.max_connections_per_peer:
+                return False
+            conn.peer = peer
+            return True
+
+    def _forget(self, conn: _Conn) -> None:
+        with self._conns_lock:
+            self._conns.pop(id(conn), None)
+
+    def _serve(self, conn: _Conn) -> None:
         peer: Optional[str] = None
         try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.settimeout(30.0)  # the handshake must finish promptly
+            _tune(conn.sock)
+            deadline = time.monotonic() + self._limits.handshake_timeout_s
             if self._ssl is not None:
-                conn = self._ssl.wrap_socket(raw, server_side=True)
-            peer = self._handshake(conn)
-            if peer is None:
-                return
-            conn.settimeout(None)
-            while not self._stopping.is_set():
-                ftype, body = read_control_bounded(conn, self._limits.max_header_bytes)
-                if ftype == wire.MSG:
-                    self._receive_value(conn, peer, body)
-                elif ftype == wire.PING:
-                    if body:
-                        self._call_on_loop(self._on_peer_status, peer, body)
-                    wire.send_control(conn, wire.PONG, {})
-                elif ftype == wire.BYE:
-                    self._call_on_loop(self._on_bye, peer, int(body.get("sent", 0)))
-                    wire.send_control(conn, wire.ACK, {})
-                elif ftype == wire.NOTICE:
-                    self._call_on_loop(self._on_notice, peer, body)
-                    wire.send_control(conn, wire.ACK, {})
-                else:
-                    raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
+                conn.sock = _tls_handshake(self._ssl, conn.sock, deadline)
+            peer = self._handshake(conn, deadline)
+            if peer is not None:
+                self._serve_frames(conn.sock, peer)
         except (wire.PeerClosed, ConnectionError, ssl.SSLError, socket.timeout, OSError):
             pass
         except Refusal as refusal:
             refusal.party = refusal.party or peer
-            self._refused(conn, raw, refusal)
+            self._refused(conn.sock, refusal)
         except wire.ProtocolError as exc:
-            self._refused(conn, raw, Refusal("protocol", str(exc), party=peer))
+            self._refused(conn.sock, Refusal("protocol", str(exc), party=peer))
         except Exception as exc:  # hostile input must never take the receiver down
             detail = f"{type(exc).__name__}: {exc}"[:500]
-            self._refused(conn, raw, Refusal("protocol", detail, party=peer))
+            self._refused(conn.sock, Refusal("protocol", detail, party=peer))
         finally:
-            with self._conns_lock:
-                self._conns.discard(raw)
+            self._forget(conn)
             try:
-                conn.close()
+                conn.sock.close()
             except OSError:
                 pass
 
-    def _refuse(self, conn: socket.socket, reason: str, detail: str) -> None:
+    def _serve_frames(self, sock: socket.socket, peer: str) -> None:
+        """Frames after WELCOME: each must start within idle_timeout_s and, once its
+        head is in, complete within frame_timeout_s."""
+        limits = self._limits
+        while not self._stopping.is_set():
+            head = wire.read_head(sock, time.monotonic() + limits.idle_timeout_s)
+            ftype, body = self._read_control(sock, limits.max_header_bytes, head=head)
+            if ftype == wire.MSG:
+                self._receive_value(sock, peer, body)
+            elif ftype == wire.PING:
+                if body:
+                    self._call_on_loop(self._on_peer_status, peer, body)
+                self._send(sock, wire.PONG, {})
+            elif ftype == wire.BYE:
+                self._call_on_loop(self._on_bye, peer, body.get("sent"))
+                self._send(sock, wire.ACK, {})
+            elif ftype == wire.NOTICE:
+                self._call_on_loop(self._on_notice, peer, body)
+                self._send(sock, wire.ACK, {})
+            else:
+                raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
+
+    def _read_control(self, sock: socket.socket, max_len: int, deadline: Optional[float] = None,
+                      head: Optional[tuple[int, int]] = None) -> tuple[int, dict[str, Any]]:
+        """One control frame within frame_timeout_s (or `deadline`); an oversized one is
+        refused as `header_too_large` before its payload is read."""
+        if deadline is None:
+            deadline = time.monotonic() + self._limits.frame_timeout_s
+        try:
+            return wire.read_control(sock, max_len, deadline, head)
+        except wire.FrameTooLarge as exc:
+            raise Refusal("header_too_large", f"{wire.NAMES[exc.ftype]} frame of {exc.length} "
+                          f"bytes exceeds max_header_bytes={exc.max_len}") from None
+
+    def _send(self, sock: socket.socket, ftype: int, body: dict[str, Any]) -> None:
+        sock.settimeout(self._limits.frame_timeout_s)  # reads leave their own deadline set
+        wire.send_control(sock, ftype, body)
+
+    def _refuse(self, sock: socket.socket, reason: str, detail: str) -> None:
+        """Send REFUSE, then half-close and read (bounded) what the sender still streams,
+        so the REFUSE is not destroyed by a reset and the sender fails fast."""
         self._counters.refusals += 1
         try:
-            wire.send_control(conn, wire.REFUSE, {"reason": reason, "detail": detail})
-        except OSError:
+            self._send(sock, wire.REFUSE, {"reason": reason, "detail": detail})
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _DRAIN_S
+            scratch = bytearray(1 << 16)
+            drained = 0
+            while drained < _DRAIN_BYTES and time.monotonic() < deadline:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                n = sock.recv_into(scratch)
+                if n == 0:
+                    break
+                drained += n
+        except (OSError, ValueError):
             pass
 
-    def _refused(self, conn: socket.socket, raw: socket.socket, refusal: Refusal) -> None:
+    def _refused(self, sock: socket.socket, refusal: Refusal) -> None:
         """Log (once per peer and reason), count, and tell the sender why; the caller closes."""
-        host = "?"
-        for sock in (conn, raw):  # a TLS wrap detaches `raw`
-            try:
-                host = str(sock.getpeername()[0])
-                break
-            except (OSError, IndexError):
-                continue
+        try:
+            host = str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            host = "?"
         if refusal.party is not None and refusal.job is None:
             refusal.job = self._job  # past the handshake: the connection's job
         self._refusals.record(host, refusal)
-        self._refuse(conn, refusal.reason, refusal.detail)
+        self._refuse(sock, refusal.reason, refusal.detail)
 
-    def _handshake(self, conn: socket.socket) -> Optional[str]:
+    def _handshake(self, conn: _Conn, deadline: float) -> Optional[str]:
         """HELLO -> WELCOME once the claimed source may speak here; else a Refusal.
 
-        With TLS the peer certificate must belong to the claimed source party
-        (fed.transport.identity). The WELCOME advertises this receiver's limits, so a
-        well-behaved sender refuses an oversized value locally instead of streaming it.
+        The whole exchange (TLS included) must finish by `deadline`. With TLS the peer
+        certificate must belong to the claimed source party (fed.transport.identity).
+        The WELCOME advertises this receiver's limits, so a well-behaved sender refuses
+        an oversized value locally instead of streaming it. A refusal names neither
+        this party's job nor its peers to a client that has not proven who it is.
         """
-        ftype, hello = read_control_bounded(conn, 64 * 1024)
+        sock = conn.sock
+        ftype, hello = self._read_control(sock, 64 * 1024, deadline)
         if ftype != wire.HELLO or hello.get("proto") != wire.PROTOCOL:
             raise wire.ProtocolError("the connection did not start with a rayfed HELLO")
         src, job, dst = hello.get("src"), hello.get("job"), hello.get("dst")
         if not all(isinstance(v, str) for v in (src, job, dst)):
             raise Refusal("protocol", "HELLO needs string src, job and dst")
         if src not in self._parties or src == self._party:
-            raise Refusal("unknown_party", f"{src!r} is not a peer of {self._party!r}", src, job)
+            raise Refusal("unknown_party", f"{src!r} is not a peer of this party", src, job)
         if self._identity is not None:
             try:
-                self._identity.check(conn.getpeercert(binary_form=True), src, as_server=False)
+                self._identity.check(sock.getpeercert(binary_form=True), src, as_server=False)
             except FedIdentityError as exc:
                 raise Refusal("identity", exc.detail, src, job) from None
         if job != self._job:
-            raise Refusal("job_not_running", f"job {job!r} is not running in party "
-                          f"{self._party!r} (running: {self._job!r})", src, job)
+            raise Refusal("job_not_running", f"job {job!r} is not running in party {dst!r}",
+                          src, job)
         if dst != self._party:
             raise Refusal("wrong_destination", f"this is party {self._party!r}, not {dst!r}", src, job)
-        wire.send_control(conn, wire.WELCOME, {
-            "party": self._party, "job": self._job, "limits": self._limits.advertise(),
+        if not self._bind_peer(conn, src):
+            self._refusals.record(conn.ip, Refusal(
+                "too_many_connections", f"{src!r} already has max_connections_per_peer="
+                f"{self._limits.max_connections_per_peer} connections here", src, job))
+            return None  # closed without a word: the sender retries with backoff
+        self._send(sock, wire.WELCOME, {
+            "party": self._party, "job": self._job,
+            "limits": {**self._limits.advertise(), "max_data_frame_bytes": self._max_chunk},
         })
         return src
 
-    def _receive_value(self, conn: socket.socket, peer: str, header: dict[str, Any]) -> None:
-        """One value: check its header against the connection and the limits, reserve
-        buffer room (waiting while the peer's budget is full), read, unpickle, deliver."""
+    def _receive_value(self, sock: socket.socket, peer: str, header: dict[str, Any]) -> None:
+        """One value: check its header against the connection and the limits, then read
+        it, charging the peer's budget frame by frame, unpickle and deliver."""
+        key, kind, sizes = self._check_header(peer, header)
+        total = sum(sizes)
+        slot = (key.src, key.ordinal)
+        if slot in self._consumed or slot in self._arrived:
+            # A replay (or a retry of a value we hold): drop it unread and unpickled.
+            self._read_body(sock, [None] * len(sizes), sizes, None)
+            self._call_on_loop(self._on_duplicate)
+            self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": True})
+            return
+        limits = self._limits
+        value = self._budget.admit(slot, total, limits.busy_after_s)
+        if value is None:
+            raise self._busy(peer, key)
+        buffers: list = []
+        landing: Optional[Landing] = None
+        try:
+            # The buffers' bookkeeping is charged like bytes: many tiny declared buffers
+            # cost memory before any byte arrives.
+            if not self._budget.charge(value, len(sizes) * _BUFFER_OVERHEAD_BYTES,
+                                       limits.busy_after_s):
+                raise self._busy(peer, key)
+            try:
+                # Large values go to the object store once complete (fed/transport/plasma.py).
+                landing = Landing.maybe(sizes, kind)
+                buffers = landing.buffers if landing else [allocate(s) for s in sizes]
+            except (MemoryError, OSError, OverflowError, ValueError) as exc:
+                raise Refusal("too_large", f"this party cannot allocate {total} bytes: "
+                              f"{exc}", peer, key.job) from None
+            self._read_body(sock, buffers, sizes, value)
+            arrived = self._decode(key, kind, buffers, landing)
+            arrived.wire_bytes = total
+            fresh = self._call_on_loop(self._on_arrival, arrived, value)
+            buffers = []  # delivered or dropped: freed with their last reference
+        finally:
+            self._budget.settle(value, keep=False)  # no-op once the loop kept it
+            if landing is not None:
+                landing.close()
+            close_buffers(buffers)  # a failed value's memory is returned now
+        if isinstance(arrived.error, FedSerializationError):
+            raise Refusal("deserialization", str(arrived.error), peer, key.job)
+        self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
+
+    def _busy(self, peer: str, key: MessageKey) -> Refusal:
+        return Refusal("busy", f"{peer!r} already has max_buffered_bytes_per_peer="
+                       f"{self._limits.max_buffered_bytes_per_peer} bytes waiting in party "
+                       f"{self._party!r} for their barriers; retry later", peer, key.job)
+
+    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, list[int]]:
+        """A MSG header's key, kind and sizes, or a ProtocolError / Refusal saying why not."""
         try:
             key = MessageKey.from_dict(header["key"])
             kind = header["kind"]
             sizes = [int(s) for s in header["sizes"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
-        if not _well_typed(key):
-            raise wire.ProtocolError("malformed MSG header: ill-typed key fields")
+        if not _well_typed(key) or kind not in ("value", "error"):
+            raise wire.ProtocolError("malformed MSG header: ill-typed key fields or kind")
         if key.src != peer:
             raise Refusal("spoofed_source", f"a value claiming source {key.src!r} on a "
                           f"connection authenticated as {peer!r}", peer, key.job)
@@ -499,60 +710,55 @@ class ReceiverProxy:
         if limits.max_value_bytes is not None and total > limits.max_value_bytes:
             raise Refusal("too_large", f"value of {total} bytes exceeds messages_max_size_in_bytes="
                           f"{limits.max_value_bytes} in party {self._party!r}", peer, key.job)
-        slot = (key.src, key.ordinal)
-        if slot in self._consumed or slot in self._arrived:
-            # A replay (or a retry of a value we hold): drop it unread and unpickled.
-            self._read_body(conn, [None] * len(sizes), sizes)
-            self._call_on_loop(self._on_arrival, _Arrived(key), 0)
-            wire.send_control(conn, wire.ACK, {"ordinal": key.ordinal, "duplicate": True})
-            return
-        if not self._budget.admit(slot, total, limits.busy_after_s):
-            raise Refusal("busy", f"{peer!r} already has max_buffered_bytes_per_peer="
-                          f"{limits.max_buffered_bytes_per_peer} bytes waiting in party "
-                          f"{self._party!r} for their barriers; retry later", peer, key.job)
-        handed_over = False
-        try:
-            try:
-                # Large values land in the object store directly (fed/transport/plasma.py).
-                landing = Landing.maybe(sizes, kind)
-                buffers = landing.buffers if landing else [allocate(s) for s in sizes]
-            except (MemoryError, OSError) as exc:
-                raise Refusal("too_large", f"party {self._party!r} cannot allocate {total} "
-                              f"bytes: {exc}", peer, key.job) from None
-            self._read_body(conn, buffers, sizes)
-            arrived = _Arrived(key)
-            data = buffers[0] if isinstance(buffers[0], bytearray) else memoryview(buffers[0])
-            try:
-                value = serialization.loads(data, buffers[1:], self._allowlist)
-                if kind == "error":
-                    arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
-                else:
-                    arrived.value = landing.marker(self._allowlist) if landing else value
-            except FedSerializationError as exc:
-                arrived.error = exc
-            handed_over = True
-            fresh = self._call_on_loop(self._on_arrival, arrived, total)
-        finally:
-            if not handed_over:
-                self._budget.release(peer, total)
-        if isinstance(arrived.error, FedSerializationError):
-            raise Refusal("deserialization", str(arrived.error), peer, key.job)
-        wire.send_control(conn, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
+        return key, kind, sizes
 
-    def _read_body(self, conn: socket.socket, buffers: list, sizes: list[int]) -> None:
-        """Read DATA frames into `buffers` in order (None: discard those bytes)."""
+    def _decode(self, key: MessageKey, kind: str, buffers: list,
+                landing: Optional[Landing]) -> _Arrived:
+        """Unpickle (through the allowlist) what arrived; a large value is handed to the
+        object store and represented by its marker."""
+        arrived = _Arrived(key)
+        try:
+            with memoryview(buffers[0]) as data:
+                value = serialization.loads(data, buffers[1:], self._allowlist)
+            if kind == "error":
+                arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
+            elif landing is not None:
+                try:
+                    del value  # the marker is rebuilt from the object store
+                    arrived.value = landing.marker(self._allowlist)
+                except Exception as exc:  # e.g. the object store is full: keep it here
+                    self._log.warning("keeping a %d byte value in the receiver (the object "
+                                      "store refused it: %s)", sum(landing.sizes), exc)
+                    arrived.value = serialization.loads(bytes(buffers[0]), buffers[1:],
+                                                        self._allowlist)
+            else:
+                arrived.value, arrived.encoded = value, buffers
+        except FedSerializationError as exc:
+            arrived.error = exc
+        return arrived
+
+    def _read_body(self, sock: socket.socket, buffers: list, sizes: list[int],
+                   value: Optional[Inflight]) -> None:
+        """Read DATA frames into `buffers` in order (None: discard those bytes), each
+        frame charged to the peer's budget (`value`) before it is read."""
+        limits = self._limits
         index, offset = 0, 0
         remaining = sum(sizes)
         scratch: Optional[memoryview] = None
         frames = 0
         while remaining > 0:
-            ftype, length = wire.read_head(conn)
+            ftype, length = wire.read_head(sock, time.monotonic() + limits.frame_timeout_s)
             if ftype != wire.DATA or length == 0 or length > self._max_chunk or length > remaining:
-                raise wire.ProtocolError(f"bad DATA frame (type {ftype}, {length} bytes)")
+                raise wire.ProtocolError(f"bad DATA frame (type {ftype}, {length} bytes; at most "
+                                         f"{min(self._max_chunk, remaining)} expected)")
             frames += 1
-            if frames > self._limits.max_frames_per_value:
+            if frames > limits.max_frames_per_value:
                 raise Refusal("too_many_frames", f"a value sent in more than max_frames_per_value="
-                              f"{self._limits.max_frames_per_value} DATA frames")
+                              f"{limits.max_frames_per_value} DATA frames")
+            if value is not None and not self._budget.charge(value, length, limits.busy_after_s):
+                raise Refusal("busy", f"no room in max_buffered_bytes_per_peer="
+                              f"{limits.max_buffered_bytes_per_peer} for the rest of the value")
+            deadline = time.monotonic() + limits.frame_timeout_s
             remaining -= length
             while length > 0:
                 while sizes[index] - offset == 0:
@@ -562,14 +768,85 @@ class ReceiverProxy:
                 if target is None:
                     if scratch is None or len(scratch) < take:
                         scratch = memoryview(bytearray(min(max(take, 1 << 16), 1 << 24)))
-                    step = min(take, len(scratch))
-                    wire.recv_into_exact(conn, scratch[:step])
-                    take = step
+                    take = min(take, len(scratch))
+                    wire.recv_into_exact(sock, scratch[:take], deadline)
                 else:
                     with memoryview(target) as view:
-                        wire.recv_into_exact(conn, view[offset:offset + take])
+                        wire.recv_into_exact(sock, view[offset:offset + take], deadline)
                 offset += take
                 length -= take
+
+
+@dataclass
+class _Conn:
+    """One accepted connection: its socket (the TLS one once wrapped), source address,
+    and the party its handshake authenticated (None until then)."""
+
+    sock: socket.socket
+    ip: str
+    peer: Optional[str] = None
+
+
+def _tune(sock: socket.socket) -> None:
+    """No Nagle delay; TCP keepalive so a vanished peer's connection ends."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _tls_handshake(ctx: ssl.SSLContext, raw: socket.socket, deadline: float) -> ssl.SSLSocket:
+    """The server side of the TLS handshake, finished by `deadline` however slowly the
+    client sends (a per-read timeout would let a trickle last forever)."""
+    sock = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    try:
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                wait: tuple[list, list] = ([sock], [])
+            except ssl.SSLWantWriteError:
+                wait = ([], [sock])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise wire.DeadlineExceeded("the TLS handshake did not finish in time")
+            select.select(*wait, [], remaining)
+        sock.setblocking(True)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _raisable(error: BaseException, key: MessageKey) -> Exception:
+    """An error that came from the wire, safe to raise in the actor's event loop: a
+    BaseException that is not an Exception (SystemExit, KeyboardInterrupt...) would
+    stop the loop, so it is wrapped."""
+    if isinstance(error, Exception):
+        return error
+    return FedError(f"{key.src!r} sent {type(error).__name__} as the error of "
+                    f"{key.producer()}; refused to raise it here")
+
+
+def _parse_status(status: Any) -> Optional[tuple[int, list, list]]:
+    """A heartbeat status from the wire: (issued, [(ordinal, consumer)], [MessageKey]),
+    or None when any field is not of the type our senders send."""
+    try:
+        issued = status.get("issued", 0)
+        waits = [(o, d) for o, d in status.get("waiting", [])]
+        pending = [MessageKey.from_dict(k) for k in status.get("pending", [])]
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+    if type(issued) is not int or issued < 0:
+        return None
+    if not all(type(o) is int and o >= 0 and isinstance(d, str) for o, d in waits):
+        return None
+    if not all(_well_typed(k) for k in pending):
+        return None
+    return issued, waits, pending
 
 
 def _well_typed(key: MessageKey) -> bool:

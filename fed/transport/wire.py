@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, Iterable, Sequence
+import time
+from typing import Any, Iterable, Optional, Sequence
 
 import msgpack
 
@@ -42,32 +43,56 @@ class PeerClosed(ConnectionError):
     """The connection ended (cleanly or not) before a whole frame arrived."""
 
 
-def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
-    """Fill `view` from `sock`, however many reads it takes."""
+class FrameTooLarge(ProtocolError):
+    """A control frame declared more bytes than the reader accepts."""
+
+    def __init__(self, ftype: int, length: int, max_len: int) -> None:
+        super().__init__(f"{NAMES[ftype]} frame of {length} bytes exceeds the {max_len} byte limit")
+        self.ftype, self.length, self.max_len = ftype, length, max_len
+
+
+class DeadlineExceeded(socket.timeout):
+    """The bytes did not arrive before the reader's deadline (see docs/security.md)."""
+
+
+def recv_into_exact(sock: socket.socket, view: memoryview,
+                    deadline: Optional[float] = None) -> None:
+    """Fill `view` from `sock`, however many reads it takes.
+
+    With a `deadline` (time.monotonic()) the reads together must finish by then: a
+    peer trickling one byte at a time cannot stretch a frame beyond it.
+    """
     got = 0
     total = len(view)
     while got < total:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"only {got} of {total} bytes arrived before the deadline")
+            sock.settimeout(remaining)
         n = sock.recv_into(view[got:], total - got)
         if n == 0:
             raise PeerClosed(f"connection closed after {got} of {total} bytes")
         got += n
 
 
-def read_head(sock: socket.socket) -> tuple[int, int]:
+def read_head(sock: socket.socket, deadline: Optional[float] = None) -> tuple[int, int]:
     buf = bytearray(HEAD_SIZE)
-    recv_into_exact(sock, memoryview(buf))
+    recv_into_exact(sock, memoryview(buf), deadline)
     return _HEAD.unpack(buf)
 
 
-def read_control(sock: socket.socket, max_len: int) -> tuple[int, dict[str, Any]]:
-    """Read one control frame; refuse DATA frames and oversized headers."""
-    ftype, length = read_head(sock)
+def read_control(sock: socket.socket, max_len: int, deadline: Optional[float] = None,
+                 head: Optional[tuple[int, int]] = None) -> tuple[int, dict[str, Any]]:
+    """Read one control frame (its `head` if already read); refuse DATA frames and
+    frames over `max_len` bytes (FrameTooLarge) before reading their payload."""
+    ftype, length = head if head is not None else read_head(sock, deadline)
     if ftype not in NAMES or ftype == DATA:
         raise ProtocolError(f"expected a control frame, got frame type {ftype}")
     if length > max_len:
-        raise ProtocolError(f"{NAMES[ftype]} frame of {length} bytes exceeds the {max_len} byte limit")
+        raise FrameTooLarge(ftype, length, max_len)
     payload = bytearray(length)
-    recv_into_exact(sock, memoryview(payload))
+    recv_into_exact(sock, memoryview(payload), deadline)
     return ftype, decode(payload)
 
 
