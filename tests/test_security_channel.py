@@ -625,8 +625,6 @@ def test_egress_policy_stops_a_send_at_the_call_site(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(reason="fixed by receiver hardening: the landing path allocates the declared "
-                          "size in the object store and stops reading", strict=False)
 def test_a_16_gib_out_of_band_buffer_declared_and_dropped_costs_nothing() -> None:
     """The declared-size case of the hostile test, through an out-of-band buffer slot:
     large buffers take the object-store landing path, where the allocation happens."""
