@@ -21,6 +21,7 @@ from fed.errors import (
     FedIdentityError,
     FedPeerUnavailableError,
     FedSerializationError,
+    error_from_wire,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
@@ -525,7 +526,7 @@ class ReceiverProxy:
             try:
                 value = serialization.loads(data, buffers[1:], self._allowlist)
                 if kind == "error":
-                    arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
+                    arrived.error = error_from_wire(value, key.src, key.producer_call)
                 else:
                     arrived.value = landing.marker(self._allowlist) if landing else value
             except FedSerializationError as exc:
