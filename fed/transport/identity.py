@@ -18,6 +18,7 @@ cannot tell parties apart: accepted with a one-time warning, or refused when
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -92,6 +93,7 @@ class IdentityVerifier:
         self._verify_party = tls.verify_party
         self._log = log
         self._warned = False
+        self._warn_lock = threading.Lock()
         # Per-party CA bundles: attribution by issuer (OpenSSL already verified the chain).
         self._issuers: Optional[dict[str, list[x509.Certificate]]] = None
         if tls.per_party_ca:
@@ -147,8 +149,9 @@ class IdentityVerifier:
                 f"{role} presented a certificate that {why}, and tls_config['verify_party'] "
                 "is True: give each party its own certificate naming it (`fed certs`)",
             )
-        if not self._warned:
-            self._warned = True
+        with self._warn_lock:  # connection threads check identities concurrently
+            first, self._warned = not self._warned, True
+        if first:
             self._log.warning(
                 "TLS peer certificate %s: parties cannot be told apart, so any holder of it "
                 "can speak as any party. Give each party its own certificate (`fed certs`) and "
