@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from fed.config import FedConfig
 from fed.errors import FedNotInitializedError
@@ -25,6 +26,7 @@ class FedContext:
     sending_failure_handler: Optional[Callable[[Exception], None]] = None
     _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
     _channel: dict = field(default_factory=lambda: defaultdict(int))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def party(self) -> str:
@@ -44,13 +46,28 @@ class FedContext:
 
     def next_seq_id(self) -> int:
         """The next call's sequence id; every party draws them in the same order."""
-        return next(self._seq)
+        with self._lock:
+            return next(self._seq)
 
     def next_ordinal(self, src: str, dst: str) -> int:
-        """The next message number on the (src, dst) channel."""
-        n = self._channel[(src, dst)]
-        self._channel[(src, dst)] = n + 1
-        return n
+        """The next message number on the (src, dst) channel (no number twice, even
+        when several threads send at once)."""
+        with self._lock:
+            n = self._channel[(src, dst)]
+            self._channel[(src, dst)] = n + 1
+            return n
+
+    def made_once(self, holder: Any, attr: str, make: Callable[[], Any]) -> Any:
+        """``holder.attr``, set to ``make()`` the first time, once even when several
+        threads ask at the same moment (e.g. a decorated function's Ray wrapper)."""
+        value = getattr(holder, attr)
+        if value is None:
+            with self._lock:
+                value = getattr(holder, attr)
+                if value is None:
+                    value = make()
+                    setattr(holder, attr, value)
+        return value
 
 
 _current: Optional[FedContext] = None

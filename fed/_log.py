@@ -17,9 +17,27 @@ class _PartyAdapter(logging.LoggerAdapter):
         return f"[{self.extra['party']}/{self.extra['job']}] {msg}", kwargs
 
 
+class _FallbackHandler(logging.StreamHandler):
+    """Prints `fed` records to stderr only while the application has configured no
+    logging of its own (no handler on the root logger, none of its own on `fed`).
+
+    `fed` records always propagate: once the application calls
+    ``logging.basicConfig`` or adds a handler, its handlers get them and this one
+    falls silent, so nothing is printed twice and nothing is taken over.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().handlers:
+            return False
+        owner = logging.getLogger(LOGGER_NAME)
+        if any(not isinstance(h, (logging.NullHandler, _FallbackHandler)) for h in owner.handlers):
+            return False
+        return super().filter(record)
+
+
 def configure(level: str) -> None:
-    """Set the level of the `fed` logger only; add a stderr handler to it only when
-    the application configured no logging of its own (so records are not printed twice)."""
+    """Set the level of the `fed` logger only, and make its records visible while the
+    application has configured no logging (see :class:`_FallbackHandler`)."""
     logger = logging.getLogger(LOGGER_NAME)
     try:
         logger.setLevel(level.upper())
@@ -29,13 +47,10 @@ def configure(level: str) -> None:
         raise FedConfigError(
             f"logging_level must be one of debug, info, warning, error, critical; got {level!r}"
         ) from None
-    ours = [h for h in logger.handlers if getattr(h, "_fed_handler", False)]
-    if not logging.getLogger().handlers and not ours:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _FallbackHandler) for h in logger.handlers):
+        handler = _FallbackHandler()
         handler.setFormatter(logging.Formatter(_FORMAT))
-        handler._fed_handler = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-        logger.propagate = False
 
 
 def configure_unconfigured(level: str = "warning") -> None:

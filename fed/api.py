@@ -10,7 +10,7 @@ import ray
 
 from fed import _context, _log
 from fed.config import build_config
-from fed.errors import FedConfigError, FedError
+from fed.errors import FedConfigError, FedError, remote_error_from
 from fed.object import FedObject
 from fed.remote import FedActorHandle, route
 
@@ -142,11 +142,40 @@ def get(fed_objects: Any) -> Any:
         if ctx.simulation:  # the other parties run this fed.get too: their copies must arrive
             ray.get([r for obj in items for p, r in obj._received.items() if p != ctx.party])
     except ray.exceptions.RayTaskError as exc:
-        cause = _cause(exc)
-        if isinstance(cause, FedError):
-            raise cause.with_traceback(None) from None
-        raise
+        raise _task_failure(items, refs, exc) from _chained(exc)
     return values[0] if single else values
+
+
+def _task_failure(items: list[FedObject], refs: list, exc: BaseException) -> FedError:
+    """The error fed.get raises for a failed call, the same type in every party.
+
+    A rayfed error inside Ray's wrapper (e.g. the FedRemoteError a peer sent) is
+    raised as is; a failure of this party's own task becomes the FedRemoteError its
+    peers receive for it, with Ray's error as ``__cause__``.
+    """
+    cause = _cause(exc)
+    if isinstance(cause, FedError):
+        return cause.with_traceback(None)
+    failed = _failed_item(items, refs)
+    return remote_error_from(exc, failed.get_party(), failed.call, True)
+
+
+def _chained(exc: BaseException) -> Optional[BaseException]:
+    """Ray's error as the cause, unless it only wraps a rayfed error."""
+    return None if isinstance(_cause(exc), FedError) else exc
+
+
+def _failed_item(items: list[FedObject], refs: list) -> FedObject:
+    """The first fed object whose (finished) value is an error."""
+    unique = list(dict.fromkeys(refs))
+    done = set(ray.wait(unique, num_returns=len(unique), timeout=0)[0])
+    for obj, ref in zip(items, refs):
+        if ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayTaskError:
+                return obj
+    return items[0]
 
 
 def kill(actor: FedActorHandle, *, no_restart: bool = True) -> None:

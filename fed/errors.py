@@ -7,12 +7,16 @@ described.
 """
 from __future__ import annotations
 
+import pickle
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 
 class FedError(Exception):
     """Base class of every rayfed error."""
+
+    #: The attributes that travel with the error (and the only ones a peer may set).
+    _fields: tuple[str, ...] = ()
 
     def __reduce__(self):
         # Ray may raise a class derived from both its RayTaskError and ours; such a
@@ -23,11 +27,21 @@ class FedError(Exception):
 
 
 def _fields_of(cls: type) -> tuple[str, ...]:
-    return ("src_party", "call", "cause_type", "message", "remote_traceback", "peer",
-            "detail", "reason", "type_name", "hint")
+    return getattr(cls, "_fields", ())
 
 
-def _rebuild_error(cls, args, state):
+def _rebuild_error(cls: Any, args: Any, state: Any) -> "FedError":
+    """Unpickle a rayfed error. It may come from another party, so it rebuilds only
+    rayfed errors, with a tuple of args and only the fields that class declares."""
+    if not (isinstance(cls, type) and issubclass(cls, FedError)):
+        raise pickle.UnpicklingError(f"_rebuild_error: {cls!r} is not a rayfed error class")
+    if type(args) is not tuple or type(state) is not dict:
+        raise pickle.UnpicklingError("_rebuild_error: args must be a tuple, state a dict")
+    unknown = set(state) - set(_fields_of(cls))
+    if unknown:
+        raise pickle.UnpicklingError(
+            f"_rebuild_error: {cls.__name__} has no field(s) {sorted(map(str, unknown))}"
+        )
     err = cls.__new__(cls)
     err.args = args
     err.__dict__.update(state)
@@ -50,6 +64,8 @@ class FedRemoteError(FedError):
     ``remote_traceback`` are present only when the owner party allowed it with
     ``cross_silo_comm.expose_error_trace``.
     """
+
+    _fields = ("src_party", "call", "cause_type", "message", "remote_traceback")
 
     def __init__(
         self,
@@ -85,6 +101,8 @@ class FedDivergenceError(FedError):
 class FedPeerUnavailableError(FedError, ConnectionError):
     """A peer party could not be reached (or stopped answering) in time."""
 
+    _fields = ("peer", "detail")
+
     def __init__(self, peer: str, detail: str) -> None:
         self.peer = peer
         self.detail = detail
@@ -97,6 +115,8 @@ class FedTransportError(FedError):
 
 class FedRefusedError(FedTransportError):
     """The receiving party refused a message (wrong job, identity, limits...)."""
+
+    _fields = ("reason", "detail")
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
@@ -136,13 +156,22 @@ class FedSerializationError(FedError):
     """A value could not be serialized or deserialized for crossing parties."""
 
 
-class FedDeserializationRefused(FedSerializationError):
-    """The receiver's allowlist does not admit a type found in a message."""
+class FedDeserializationRefused(FedSerializationError, pickle.UnpicklingError):
+    """The receiver's allowlist does not admit a type found in a message.
+
+    Also a ``pickle.UnpicklingError`` whose text names ``_pickle.UnpicklingError``,
+    as RayFed raised it, so code written for RayFed catches or matches it unchanged.
+    """
+
+    _fields = ("type_name", "hint")
 
     def __init__(self, type_name: str, hint: str) -> None:
         self.type_name = type_name
         self.hint = hint
-        super().__init__(f"refusing to deserialize {type_name!r} from another party. {hint}")
+        super().__init__(
+            f"refusing to deserialize {type_name!r} from another party "
+            f"(_pickle.UnpicklingError: global '{type_name}' is forbidden). {hint}"
+        )
 
 
 def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -> FedRemoteError:
@@ -163,3 +192,19 @@ def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -
     # Ray keeps the task's own stack as text; the unpickled cause has lost its frames.
     tb = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
     return FedRemoteError(party, call, cause_type, str(cause), tb)
+
+
+def error_from_wire(value: object, src: str, call: str) -> FedError:
+    """The error to raise for a failure value a peer sent (an "error" envelope).
+
+    A peer may only send rayfed errors. Anything else, above all ``SystemExit`` or
+    ``KeyboardInterrupt``, which would kill the thread that raises it, is replaced
+    by a FedRemoteError naming what was sent.
+    """
+    if isinstance(value, FedError):
+        return value
+    sent = type(value)
+    return FedRemoteError(
+        src, call, f"invalid error envelope: {sent.__module__}.{sent.__qualname__}",
+        "a peer may send only rayfed errors (fed.errors) as a call's failure",
+    )

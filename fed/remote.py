@@ -144,11 +144,11 @@ class FedRemoteFunction:
         args, kwargs = prepare_args(party, seq_id, self._call, args, kwargs)
         result = None
         if ctx.executes(party):
-            root = getattr(self, "_root", self)
-            if root._ray_func is None:
-                root._ray_func = ray.remote(self._func)
+            ray_func = ctx.made_once(
+                getattr(self, "_root", self), "_ray_func", lambda: ray.remote(self._func)
+            )
             options = _simulation_name(ctx, self._options, party, self._func.__qualname__)
-            fn = root._ray_func.options(**options) if options else root._ray_func
+            fn = ray_func.options(**options) if options else ray_func
             result = fn.remote(*args, **kwargs)
         return _wrap_results(party, seq_id, self._call, result, n)
 
@@ -195,10 +195,10 @@ class FedRemoteClass:
         args, kwargs = prepare_args(party, seq_id, call, args, kwargs)
         handle = None
         if ctx.executes(party):
-            root = getattr(self, "_root", self)
-            if root._ray_cls is None:
-                root._ray_cls = ray.remote(self._cls)
-            cls = root._ray_cls.options(**self._options) if self._options else root._ray_cls
+            ray_cls = ctx.made_once(
+                getattr(self, "_root", self), "_ray_cls", lambda: ray.remote(self._cls)
+            )
+            cls = ray_cls.options(**self._options) if self._options else ray_cls
             handle = cls.remote(*args, **kwargs)
         return FedActorHandle(party, seq_id, self._cls, self._call, handle)
 

@@ -32,10 +32,15 @@ import copyreg
 import io
 import pickle
 import pickletools
-import sys
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from typing import Any, Iterator, Optional
+
+# numpy is a hard dependency. Imported here, at module import, never looked up
+# lazily: a lookup in sys.modules can return a module another thread is still
+# importing (half-built, without ``typecodes`` or ``ndarray``).
+import numpy as np
+from ray import cloudpickle
 
 from fed import errors as _errors
 from fed.errors import FedConfigError, FedDeserializationRefused, FedSerializationError
@@ -121,15 +126,16 @@ _NUMPY_NAMES = (
     ]
 )
 
-# rayfed's own errors: every name *defined* in fed.errors (not what it imports),
-# which includes the reconstructor its __reduce__ uses.
+# rayfed's own error classes and the reconstructor their __reduce__ uses (which
+# rebuilds only those classes); no other function of fed.errors.
 _FED_ERROR_NAMES = tuple(
     sorted(
         f"fed.errors.{name}"
         for name, obj in vars(_errors).items()
-        if getattr(obj, "__module__", None) == _errors.__name__
+        if isinstance(obj, type) and issubclass(obj, _errors.FedError)
+        and obj.__module__ == _errors.__name__
     )
-)
+) + ("fed.errors._rebuild_error",)
 
 _DEFAULT_EXACT: frozenset[str] = frozenset(
     [f"builtins.{n}" for n in _SAFE_BUILTINS + _BUILTIN_EXCEPTIONS]
@@ -151,7 +157,8 @@ _DEFAULTS_TEXT = (
 
 _ACCEPTED_FORMS = (
     "accepted forms: None (defaults only); a list of strings 'module.Name' or "
-    "'module.*'; a dict {'module': '*'} or {'module': ['Name', ...]} (or 'Name'); "
+    "'module.*'; a dict {'module': '*'} or {'module': ['Name', ...]} (or 'Name'; a '*' in "
+    "the list admits the module's classes); "
     "or the string '*' to allow everything (disables the restriction)"
 )
 
@@ -159,6 +166,19 @@ _ACCEPTED_FORMS = (
 _REFUSE = 0
 _BY_NAME = 1  # exact entry, or allow-all
 _BY_MODULE = 2  # admitted by a 'module.*' entry
+_BY_CLASS_WILDCARD = 3  # admitted by RayFed's {'module': ['*']}: classes of the module only
+
+# numpy 2 moved numpy.core to numpy._core (numpy.core stays as a shim): a module
+# named in the config under either name covers both.
+_NUMPY_CORE_ALIASES = (("numpy.core.", "numpy._core."), ("numpy._core.", "numpy.core."))
+
+
+def _module_aliases(module: str) -> tuple[str, ...]:
+    """``module`` and, for numpy's core modules, its numpy 1/2 twin."""
+    for prefix, twin in _NUMPY_CORE_ALIASES:
+        if module.startswith(prefix) or module == prefix[:-1]:
+            return (module, twin[:-1] + module[len(prefix) - 1:])
+    return (module,)
 
 
 def _is_dotted_identifier(text: str) -> bool:
@@ -172,9 +192,11 @@ def _config_error(entry: object, reason: str) -> FedConfigError:
     )
 
 
-def _make_allowlist(entries: tuple[str, ...], allow_all: bool) -> "Allowlist":
+def _make_allowlist(
+    entries: tuple[str, ...], allow_all: bool, class_modules: tuple[str, ...] = ()
+) -> "Allowlist":
     """Pickle support: rebuild an Allowlist (it travels to Ray actors)."""
-    return Allowlist(entries, allow_all=allow_all)
+    return Allowlist(entries, allow_all=allow_all, class_modules=class_modules)
 
 
 class Allowlist:
@@ -188,11 +210,19 @@ class Allowlist:
     ``"module.Outer.Inner"``) or ``"module.*"`` (any top-level object *defined*
     in that module, checked after import so re-exports such as
     ``from os import system`` are not admitted through a wildcard).
+    ``class_modules`` (RayFed's ``{"module": ["*"]}``) admit the *classes*
+    defined in those modules, never their functions.
     """
 
-    __slots__ = ("_allow_all", "_entries", "_exact", "_modules")
+    __slots__ = ("_allow_all", "_entries", "_exact", "_modules", "_class_modules")
 
-    def __init__(self, entries: Iterable[str] = (), *, allow_all: bool = False) -> None:
+    def __init__(
+        self,
+        entries: Iterable[str] = (),
+        *,
+        allow_all: bool = False,
+        class_modules: Iterable[str] = (),
+    ) -> None:
         exact: set[str] = set()
         modules: set[str] = set()
         normalized: list[str] = []
@@ -210,6 +240,14 @@ class Allowlist:
         object.__setattr__(self, "_entries", tuple(sorted(set(normalized))))
         object.__setattr__(self, "_exact", _DEFAULT_EXACT | exact)
         object.__setattr__(self, "_modules", frozenset(modules))
+        object.__setattr__(self, "_class_modules", self._check_modules(class_modules))
+
+    @staticmethod
+    def _check_modules(modules: Iterable[str]) -> frozenset[str]:
+        for module in modules:
+            if not isinstance(module, str) or not _is_dotted_identifier(module):
+                raise _config_error(module, "not a module name like 'mypkg.mymod'")
+        return frozenset(modules)
 
     # ---------------------------------------------------------------- construction
     @staticmethod
@@ -254,36 +292,40 @@ class Allowlist:
                 f"to allow one type write [{value!r}]",
             )
         if isinstance(value, Mapping):
-            return cls(cls._entries_from_dict(value))
+            entries, class_modules = cls._entries_from_dict(value)
+            return cls(entries, class_modules=class_modules)
         if isinstance(value, (list, tuple, set, frozenset)):
             return cls(value)
         raise _config_error(value, f"unsupported type {type(value).__name__}")
 
     @staticmethod
-    def _entries_from_dict(value: Mapping[Any, Any]) -> list[str]:
-        """RayFed's ``{"module": "*" | "Name" | ["Name", ...]}`` -> entry strings."""
+    def _entries_from_dict(value: Mapping[Any, Any]) -> tuple[list[str], list[str]]:
+        """RayFed's ``{"module": "*" | "Name" | ["Name", "*", ...]}`` ->
+        (entry strings, modules whose classes are admitted by a ``"*"`` in a list)."""
         entries: list[str] = []
-        for module, names in value.items():
-            if not isinstance(module, str) or not _is_dotted_identifier(module):
-                raise _config_error(module, "dict keys must be module names like 'mypkg.mymod'")
+        class_modules: list[str] = []
+        for key, names in value.items():
+            if not isinstance(key, str) or not _is_dotted_identifier(key):
+                raise _config_error(key, "dict keys must be module names like 'mypkg.mymod'")
             if names == "*":
-                entries.append(f"{module}.*")
+                entries.extend(f"{m}.*" for m in _module_aliases(key))
                 continue
             if isinstance(names, str):
                 names = [names]
             elif not isinstance(names, (list, tuple, set, frozenset)):
                 raise _config_error(
-                    {module: names}, "dict values must be '*', a name, or a list of names"
+                    {key: names}, "dict values must be '*', a name, or a list of names"
                 )
             for name in names:
-                if not isinstance(name, str) or not _is_dotted_identifier(name):
+                if name == "*":  # RayFed: every class of the module
+                    class_modules.extend(_module_aliases(key))
+                elif isinstance(name, str) and _is_dotted_identifier(name):
+                    entries.extend(f"{m}.{name}" for m in _module_aliases(key))
+                else:
                     raise _config_error(
-                        {module: names},
-                        f"{name!r} is not a class/function name "
-                        "(use '*' alone for the whole module)",
+                        {key: names}, f"{name!r} is not a class/function name or '*'"
                     )
-                entries.append(f"{module}.{name}")
-        return entries
+        return entries, class_modules
 
     # ---------------------------------------------------------------- queries
     @property
@@ -302,8 +344,11 @@ class Allowlist:
             return _BY_NAME
         if f"{module}.{name}" in self._exact:
             return _BY_NAME
-        if module in self._modules and "." not in name:
-            return _BY_MODULE
+        if "." not in name:
+            if module in self._modules:
+                return _BY_MODULE
+            if module in self._class_modules:
+                return _BY_CLASS_WILDCARD
         return _REFUSE
 
     def allows(self, module: str, name: str) -> bool:
@@ -318,10 +363,11 @@ class Allowlist:
         """Short human text for logs."""
         if self._allow_all:
             return f"everything (restriction disabled: {CONFIG_KEY}='*')"
-        if not self._entries:
+        listed = list(self._entries) + [f"classes of {m}" for m in sorted(self._class_modules)]
+        if not listed:
             return _DEFAULTS_TEXT
-        shown = list(self._entries[:10])
-        more = len(self._entries) - len(shown)
+        shown = listed[:10]
+        more = len(listed) - len(shown)
         text = f"{_DEFAULTS_TEXT} + {', '.join(shown)}"
         return text + (f" (+{more} more)" if more else "")
 
@@ -332,21 +378,26 @@ class Allowlist:
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Allowlist is immutable")
 
+    def _key(self) -> tuple:
+        return (self._entries, self._allow_all, tuple(sorted(self._class_modules)))
+
     def __reduce__(self):
-        return (_make_allowlist, (self._entries, self._allow_all))
+        return (_make_allowlist, self._key())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Allowlist):
             return NotImplemented
-        return (self._allow_all, self._entries) == (other._allow_all, other._entries)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self._allow_all, self._entries))
+        return hash(self._key())
 
     def __repr__(self) -> str:
         if self._allow_all:
             return "Allowlist(allow_all=True)"
-        return f"Allowlist({list(self._entries)!r})"
+        classes = sorted(self._class_modules)
+        extra = f", class_modules={classes!r}" if classes else ""
+        return f"Allowlist({list(self._entries)!r}{extra})"
 
 
 _DEFAULT_ALLOWLIST = Allowlist()
@@ -359,9 +410,6 @@ def default_allowlist() -> Allowlist:
 
 # --------------------------------------------------------------------------- dumps
 
-_pickler_cache: tuple[Any, bool] = (None, False)  # (Pickler class, knows numpy)
-
-
 def _reduce_dtype(dtype: Any) -> tuple:
     """Pickle a plain numpy dtype as ``numpy.dtype("<f8")``: no state, no BUILD.
 
@@ -372,7 +420,6 @@ def _reduce_dtype(dtype: Any) -> tuple:
     """
     if dtype.fields is None and dtype.subdtype is None and dtype.metadata is None:
         text = dtype.str
-        np = sys.modules["numpy"]
         try:
             rebuilt = np.dtype(text)
         except (TypeError, ValueError):
@@ -382,30 +429,19 @@ def _reduce_dtype(dtype: Any) -> tuple:
     return dtype.__reduce__()
 
 
-def _pickler_class() -> Any:
-    """cloudpickle's Pickler plus the dtype reducer (once numpy is imported)."""
-    global _pickler_cache
-    cls, knows_numpy = _pickler_cache
-    np = sys.modules.get("numpy")
-    if cls is not None and (knows_numpy or np is None):
-        return cls
-    try:
-        from ray import cloudpickle
-    except ImportError:  # pragma: no cover - ray is a declared dependency
-        import cloudpickle  # type: ignore[no-redef]
-    table: dict[type, Any] = {}
-    if np is not None:
-        for code in np.typecodes["All"]:
-            table[type(np.dtype(code))] = _reduce_dtype
-    cls = type(
+def _make_pickler_class() -> Any:
+    """cloudpickle's Pickler plus the dtype reducer; built once, at import."""
+    table = {type(np.dtype(code)): _reduce_dtype for code in np.typecodes["All"]}
+    return type(
         "_FedPickler",
         (cloudpickle.Pickler,),
         # One flat ChainMap (the C pickler looks it up for every object): ours first,
         # then cloudpickle's and copyreg's live tables.
         {"dispatch_table": ChainMap(table, *cloudpickle.Pickler.dispatch_table.maps)},
     )
-    _pickler_cache = (cls, np is not None)
-    return cls
+
+
+_FedPickler = _make_pickler_class()
 
 
 def _type_name(value: object) -> str:
@@ -437,7 +473,7 @@ def dumps(value: object) -> tuple[bytes, list[memoryview]]:
     out_of_band: list[pickle.PickleBuffer] = []
     try:
         with io.BytesIO() as file:
-            _pickler_class()(
+            _FedPickler(
                 file, protocol=PICKLE_PROTOCOL, buffer_callback=out_of_band.append
             ).dump(value)
             data = file.getvalue()
@@ -548,7 +584,25 @@ def _admit(allowlist: Allowlist, module: str, name: str, load: Any) -> Any:
         if defined_in != module:
             real = f"{defined_in}.{getattr(obj, '__qualname__', name)}"
             raise _refusal(module, name, defined_in=str(defined_in), real_name=real)
+    elif verdict == _BY_CLASS_WILDCARD:
+        _check_class_of(module, name, obj)
     return obj
+
+
+def _check_class_of(module: str, name: str, obj: Any) -> None:
+    """RayFed's ``{"module": ["*"]}`` admits classes defined in the module (or in
+    its numpy twin, or published under a parent package name, as numpy does),
+    never its functions nor what it imported from elsewhere."""
+    defined_in = getattr(obj, "__module__", None)
+    if not isinstance(obj, type) or not isinstance(defined_in, str):
+        raise FedDeserializationRefused(
+            type_name=_shorten(f"{module}.{name}"),
+            hint=f"{{{module!r}: ['*']}} admits only the classes of {module!r}, and this is "
+            f"a {type(obj).__name__}; if you trust it, add its name to that list.",
+        )
+    if defined_in not in _module_aliases(module) and not module.startswith(defined_in + "."):
+        real = f"{defined_in}.{obj.__qualname__}"
+        raise _refusal(module, name, defined_in=defined_in, real_name=real)
 
 
 class _NeedsGuard(Exception):
@@ -565,8 +619,7 @@ def _needs_guard(full_name: str, obj: Any) -> bool:
     """
     if full_name in _RECONSTRUCT_NAMES:
         return True
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(obj, type) and issubclass(obj, np.ndarray)
+    return isinstance(obj, type) and issubclass(obj, np.ndarray)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -730,10 +783,6 @@ class _GuardedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         stack = self.stack
         args = stack.pop()
         func = stack[-1]
-        np = sys.modules.get("numpy")
-        if np is None:
-            stack[-1] = func(*args)
-            return
         if func is np.dtype:
             # numpy's own dtype pickles: dtype("f8", False, True). Forcing copy=True
             # keeps BUILD away from numpy's shared builtin dtype singletons.
@@ -761,21 +810,17 @@ class _GuardedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         stack[-1] = obj
 
     def _load_newobj(self) -> None:
-        np = sys.modules.get("numpy")
-        if np is not None and len(self.stack) >= 2:
+        if len(self.stack) >= 2:
             self._refuse_array_call(np, self.stack[-2])
         pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
 
     def _load_newobj_ex(self) -> None:
-        np = sys.modules.get("numpy")
-        if np is not None and len(self.stack) >= 3:
+        if len(self.stack) >= 3:
             self._refuse_array_call(np, self.stack[-3])
         pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
 
     def _instantiate(self, klass: Any, args: Any) -> None:  # INST / OBJ opcodes
-        np = sys.modules.get("numpy")
-        if np is not None:
-            self._refuse_array_call(np, klass)
+        self._refuse_array_call(np, klass)
         super()._instantiate(klass, args)
 
     def _load_build(self) -> None:
@@ -793,8 +838,7 @@ class _GuardedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                     "process. A well-behaved peer never sends this."
                 ),
             )
-        np = sys.modules.get("numpy")
-        if np is None or not isinstance(inst, (np.dtype, np.ndarray, np.generic)):
+        if not isinstance(inst, (np.dtype, np.ndarray, np.generic)):
             pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
             return
         if isinstance(inst, np.ndarray) and type(inst).__setstate__ is not np.ndarray.__setstate__:

@@ -230,13 +230,13 @@ def remote_failure(party, addresses, expose):
     fed.init(addresses=addresses, party=party,
              config={"cross_silo_comm": {"expose_error_trace": expose}})
     bad = explode.party("alice").remote(1)
-    caught = None
-    try:
-        fed.get(aggregate.party("bob").remote(bad, 1))
-    except fed.FedRemoteError as exc:
-        caught = (exc.src_party, exc.call, exc.cause_type, exc.message)
-    except Exception as exc:  # the owner of the failing task sees Ray's error
-        caught = ("owner", type(exc).__name__)
+    caught = []
+    for target in (aggregate.party("bob").remote(bad, 1), bad):
+        try:
+            fed.get(target)
+        except fed.FedRemoteError as exc:  # the one type, in the owner and in the others
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else None
+            caught.append((exc.src_party, exc.call, exc.cause_type, exc.message, cause))
     fed.shutdown()
     return caught
 
@@ -245,9 +245,15 @@ def remote_failure(party, addresses, expose):
 def test_remote_error_names_party_call_and_type(expose):
     outcomes = run_parties(remote_failure, args=(expose,))
     assert_all_ok(outcomes)
-    src, call, cause_type, message = outcomes["bob"].result
-    assert src == "alice" and call.endswith("explode") and cause_type == "builtins.KeyError"
-    assert ("secret-detail" in (message or "")) == expose
+    for party in ("alice", "bob"):
+        assert len(outcomes[party].result) == 2, describe(outcomes)
+        for src, call, cause_type, _, _ in outcomes[party].result:
+            assert src == "alice" and call.endswith("explode")
+            assert cause_type == "builtins.KeyError"
+    assert ("secret-detail" in (outcomes["bob"].result[1][3] or "")) == expose
+    # The owner sees its own task's details, with Ray's error as the cause.
+    owner_direct = outcomes["alice"].result[1]
+    assert "secret-detail" in owner_direct[3] and owner_direct[4] == "RayTaskError(KeyError)"
 
 
 # ---- jobs do not mix, repeated init/shutdown in one process ---------------------------------

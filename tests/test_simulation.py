@@ -118,10 +118,13 @@ def test_mode_comes_from_the_environment(monkeypatch):
 def test_failure_in_one_party_is_a_fed_remote_error_in_the_others(sim):
     failed = boom.party("alice").remote(1)
     consumer = add.party("bob").remote(failed, 1)
-    # The owner's view: the user's own exception, in a Ray task named after the party.
-    with pytest.raises(ValueError, match="bad input 1") as own:
+    # The owner's view: the same type, with Ray's error (a task named after the party,
+    # wrapping the user's own exception) as its cause.
+    with pytest.raises(fed.FedRemoteError, match="bad input 1") as own:
         fed.get(failed)
-    assert "alice:boom" in str(own.value)
+    assert (own.value.src_party, own.value.cause_type) == ("alice", "builtins.ValueError")
+    assert isinstance(own.value.__cause__, ValueError)
+    assert "alice:boom" in str(own.value.__cause__)
     # Another party's view, as production gives it, with the user's frames.
     with pytest.raises(fed.FedRemoteError) as other:
         fed.get(consumer)

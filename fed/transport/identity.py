@@ -17,6 +17,7 @@ meant to reach (sender side):
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Iterable, Optional
 
 from cryptography import x509
@@ -50,6 +51,7 @@ class IdentityVerifier:
         self._verify_party = tls.verify_party
         self._log = log
         self._warned = False
+        self._warn_lock = threading.Lock()
         # Per-party CA bundles: attribution by issuer (OpenSSL already verified the chain).
         self._issuers: Optional[dict[str, list[x509.Certificate]]] = None
         if tls.per_party_ca:
@@ -106,8 +108,9 @@ class IdentityVerifier:
                 "default, tls_config['verify_party']) a party's certificate must carry the URI "
                 f"SAN {PARTY_URI_PREFIX}<name> (`fed certs` issues them). {SHARED_CERT_FIX}",
             )
-        if not self._warned:
-            self._warned = True
+        with self._warn_lock:  # connection threads check identities concurrently
+            first, self._warned = not self._warned, True
+        if first:
             self._log.warning(
                 "shared-certificate mode (tls_config['verify_party']=False): TLS peer "
                 "certificate %s, so parties cannot be told apart: any holder of a certificate "

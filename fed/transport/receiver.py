@@ -26,6 +26,7 @@ from fed.errors import (
     FedIdentityError,
     FedPeerUnavailableError,
     FedSerializationError,
+    error_from_wire,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
@@ -721,7 +722,7 @@ class ReceiverProxy:
             with memoryview(buffers[0]) as data:
                 value = serialization.loads(data, buffers[1:], self._allowlist)
             if kind == "error":
-                arrived.error = value if isinstance(value, BaseException) else FedError(repr(value))
+                arrived.error = error_from_wire(value, key.src, key.producer_call)
             elif landing is not None:
                 try:
                     del value  # the marker is rebuilt from the object store
