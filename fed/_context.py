@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from fed._failure import SendFailurePolicy
 from fed.config import FedConfig
 from fed.errors import FedNotInitializedError
 from fed.transport.base import Transport
@@ -23,6 +24,7 @@ class FedContext:
     log: logging.LoggerAdapter
     started_ray: bool = False
     sending_failure_handler: Optional[Callable[[Exception], None]] = None
+    send_failures: Optional[SendFailurePolicy] = None
     _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
     _channel: dict = field(default_factory=lambda: defaultdict(int))
 

@@ -21,6 +21,7 @@ from fed.errors import (
     FedIdentityError,
     FedPeerUnavailableError,
     FedSerializationError,
+    FedTransportError,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
@@ -228,9 +229,10 @@ class ReceiverProxy:
             if not fut.done():
                 fut.set_exception(error)
 
-    def _notify_peer(self, peer: str, notice: dict[str, Any]) -> None:
+    def _notify_peer(self, peer: Optional[str], notice: dict[str, Any]) -> None:
         """Queue a notice for `peer`; the party's sender (in the driver, see tcp.py) takes
-        it with `next_notices` and delivers it, best effort: our own party has the error."""
+        it with `next_notices` and delivers it, best effort: our own party has the error.
+        A notice for peer None is for our own sender (e.g. a peer said BYE)."""
         self._outbox.append((peer, notice))
         if self._outbox_ready is not None and not self._outbox_ready.done():
             self._outbox_ready.set_result(None)
@@ -238,7 +240,7 @@ class ReceiverProxy:
     async def next_notices(self) -> Optional[list]:
         """Wait for notices to deliver to peers; None once the receiver stops."""
         while not self._outbox and not self._stopping.is_set():
-            self._outbox_ready = self._loop.create_future()
+            self._outbox_ready = asyncio.get_running_loop().create_future()  # before start()
             await self._outbox_ready
         notices, self._outbox = self._outbox, []
         return notices or None
@@ -332,6 +334,7 @@ class ReceiverProxy:
 
     def _on_bye(self, peer: str, sent: int) -> None:
         self._finished[peer] = sent
+        self._notify_peer(None, {"kind": "peer_finished", "peer": peer})  # for our sender
         for (src, ordinal), (key, fut) in list(self._waiters.items()):
             if src == peer and ordinal >= sent and not fut.done():
                 fut.set_exception(self._finished_error(key, sent))
@@ -340,7 +343,17 @@ class ReceiverProxy:
         if notice.get("kind") == "divergence":
             self._fail_all(FedDivergenceError(f"party {peer!r} reports: {notice.get('text')}"))
         elif notice.get("kind") == "send_failed":
-            self._fail_all(FedError(f"party {peer!r} reports: {notice.get('text')}"))
+            self._on_send_failed(peer, notice)
+
+    def _on_send_failed(self, peer: str, notice: dict[str, Any]) -> None:
+        """`peer` could not deliver one value: fail the barrier on it (now or when it comes)."""
+        try:
+            key = MessageKey.from_dict(notice["key"])
+        except (KeyError, TypeError):
+            return
+        if _well_typed(key) and key.src == peer and key.job == self._job:
+            error = FedTransportError(f"party {peer!r} reports: {notice.get('text')}")
+            self._on_arrival(_Arrived(key, error=error), 0)
 
     def _call_on_loop(self, fn, *args):
         """Run `fn` on the actor's loop from a connection thread and return its result."""

@@ -1,0 +1,209 @@
+"""Lifecycle of a job across parties: parties that finish at different times, a failed
+fed.init, a send that fails, fed.get with a timeout.
+
+Each test asserts the outcome and prints the time it took (`-s` shows the figures).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+import fed
+from multiparty import assert_all_ok, describe, local_addresses, run_parties, start_ray
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def report(scenario: str, figure: str) -> None:
+    print(f"\nLIFECYCLE | {scenario} | {figure}")
+
+
+@fed.remote
+def produce(x):
+    return x
+
+
+@fed.remote
+def add(a, b):
+    return a + b
+
+
+@fed.remote
+def slow(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+class _Errors(logging.Handler):
+    """Collects the ERROR records of the `fed` logger in a party process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _watch_errors() -> _Errors:
+    handler = _Errors()
+    logging.getLogger("fed").addHandler(handler)
+    return handler
+
+
+# ---- a party that finishes early: BYE is authoritative -------------------------------------
+
+
+def finish_at_different_times(party, addresses, bob_lingers_s):
+    start_ray()
+    fed.init(addresses=addresses, party=party, config={
+        "cross_silo_comm": {"peer_timeout_s": 10, "shutdown_flush_timeout_s": 60}})
+    errors = _watch_errors()
+    value = fed.get(add.party("bob").remote(produce.party("alice").remote(1), 2))
+    if party == "bob":
+        time.sleep(bob_lingers_s)  # alice has long finished: its BYE must stop our heartbeats
+    started = time.monotonic()
+    fed.shutdown()
+    return value, time.monotonic() - started, errors.lines
+
+
+def test_party_finishing_long_before_another_logs_no_error_and_shutdown_is_prompt():
+    outcomes = run_parties(finish_at_different_times, args=(14.0,), timeout=150)
+    assert_all_ok(outcomes)
+    value, bob_shutdown_s, bob_errors = outcomes["bob"].result
+    assert value == 3 and outcomes["alice"].result[0] == 3
+    assert bob_errors == [], bob_errors  # no "party 'alice' has not answered"
+    assert bob_shutdown_s < 20, bob_shutdown_s  # shutdown_flush_timeout_s is 60
+    report("alice finishes 14 s before bob (peer_timeout_s=10)",
+           f"no ERROR in bob; bob's fed.shutdown took {bob_shutdown_s:.2f} s")
+
+
+def owe_a_finished_peer(party, addresses):
+    start_ray()
+    fed.init(addresses=addresses, party=party, config={
+        "cross_silo_comm": {"peer_timeout_s": 60, "shutdown_flush_timeout_s": 60}})
+    late = slow.party("bob").remote(1, 4.0)
+    add.party("alice").remote(late, 1)  # alice never waits for it and finishes at once
+    started = time.monotonic()
+    if party == "bob":
+        time.sleep(6.0)  # the value is ready after alice's BYE
+    fed.shutdown()
+    stats_seen = time.monotonic() - started
+    return stats_seen
+
+
+def test_send_to_a_finished_peer_fails_at_once_naming_the_value():
+    outcomes = run_parties(owe_a_finished_peer, timeout=150)
+    assert_all_ok(outcomes)
+    took = outcomes["bob"].result
+    # Without BYE reaching bob's sender it retries until peer_timeout_s (60 s) declares
+    # alice lost; with it, the send fails as soon as the value is ready.
+    assert took < 6.0 + 20, took
+    report("bob's value ready 4 s after alice finished (peer_timeout_s=60)",
+           f"bob's sleep plus fed.shutdown took {took:.2f} s")
+
+
+# ---- a failed fed.init is not "finished" -----------------------------------------------------
+
+
+def init_fails_in_alice(party, addresses):
+    start_ray()
+    if party == "alice":
+        try:
+            fed.init(addresses=addresses, party=party, config={
+                "barrier_on_initializing": True,
+                "cross_silo_comm": {"startup_timeout_s": 4}})
+        except fed.FedPeerUnavailableError as exc:
+            return "init failed", exc.peer
+        fed.shutdown()
+        return "joined", None
+    fed.init(addresses=addresses, party=party, config={
+        "cross_silo_comm": {"peer_timeout_s": 5, "startup_timeout_s": 120}})
+    started = time.monotonic()
+    try:
+        fed.get(produce.party("alice").remote(1))
+        return "got a value", 0.0
+    except fed.FedError as exc:
+        return type(exc).__name__, str(exc), time.monotonic() - started
+    finally:
+        fed.shutdown()
+
+
+def test_failed_init_is_not_reported_to_peers_as_finished():
+    addresses = local_addresses(["alice", "bob", "carol"])  # carol never starts
+    outcomes = run_parties(init_fails_in_alice, ["alice", "bob"], addresses=addresses)
+    assert_all_ok(outcomes)
+    assert outcomes["alice"].result == ("init failed", "carol"), describe(outcomes)
+    kind, text, waited = outcomes["bob"].result
+    assert kind == "FedPeerUnavailableError", describe(outcomes)
+    assert "finished" not in text, text
+    report("alice's fed.init fails (carol missing); bob waits for alice's value",
+           f"bob: {kind} after {waited:.1f} s (peer_timeout_s=5), no 'finished after 0 values'")
+
+
+# ---- a failed send: the consumer is told, other values still flow ------------------------------
+
+
+def one_value_too_large(party, addresses):
+    start_ray()
+    limit = {"messages_max_size_in_bytes": 1024 * 1024} if party == "bob" else {}
+    fed.init(addresses=addresses, party=party, config={"cross_silo_comm": limit})
+    started = time.monotonic()
+    big = produce.party("alice").remote(np.zeros(512 * 1024))  # 4 MiB: bob refuses it
+    small = produce.party("alice").remote(7)
+    failed = add.party("bob").remote(big, 1)
+    fine = add.party("bob").remote(small, 1)
+    try:
+        fed.get(failed)
+        first = "no error"
+    except fed.FedError as exc:
+        first = f"{type(exc).__name__}: {exc}"
+    detected = time.monotonic() - started
+    second = fed.get(fine)
+    fed.shutdown()
+    return first, second, detected
+
+
+def test_failed_send_fails_only_the_barrier_on_that_value_in_the_consumer():
+    outcomes = run_parties(one_value_too_large, timeout=150)
+    assert_all_ok(outcomes)
+    for party, o in outcomes.items():
+        first, second, detected = o.result
+        assert "could not send" in first, (party, first)
+        assert second == 8, (party, o.result)
+    report("one of two values exceeds bob's messages_max_size_in_bytes",
+           f"bob's barrier on it failed after {outcomes['bob'].result[2]:.1f} s; the other "
+           "value arrived in both parties")
+
+
+# ---- fed.get with a timeout --------------------------------------------------------------------
+
+
+def get_with_timeout(party, addresses):
+    start_ray()
+    fed.init(addresses=addresses, party=party,
+             config={"cross_silo_comm": {"shutdown_flush_timeout_s": 2}})
+    hung = slow.party("bob").remote(1, 600)
+    started = time.monotonic()
+    try:
+        fed.get(hung, timeout=2)
+        outcome = ("no timeout",)
+    except fed.FedTimeoutError as exc:
+        outcome = (isinstance(exc, TimeoutError), isinstance(exc, fed.FedError), str(exc))
+    waited = time.monotonic() - started
+    fed.shutdown()
+    return outcome, waited
+
+
+def test_fed_get_timeout_raises_a_typed_error_naming_the_value():
+    outcomes = run_parties(get_with_timeout, timeout=150)
+    assert_all_ok(outcomes)
+    for party, o in outcomes.items():
+        (is_timeout, is_fed, text), waited = o.result
+        assert is_timeout and is_fed, o.result
+        assert "slow" in text and "'bob'" in text and "timed out after 2 s" in text, text
+        report(f"fed.get(timeout=2) on a hung task of bob, in {party}",
+               f"FedTimeoutError after {waited:.1f} s")
