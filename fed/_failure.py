@@ -3,8 +3,10 @@
 When a send finally fails, the handler runs on a thread of its own (the sender's loop
 keeps going) and, with `exit_on_sending_failure`, the process then ends with status 1
 even if the main thread is blocked in `time.sleep`, `fed.get` or user code. It ends
-with `os._exit` after flushing logs and stopping this driver's Ray processes: no signal
-handler is installed, so the application's own handlers stay untouched.
+with `os._exit(1)` after stopping the processes this driver started (its local Ray
+cluster) and flushing logs: no signal handler is installed, so the application's own
+handlers stay untouched, and no `atexit` handler or `finally` block of the main
+thread runs.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Optional
 
 from fed.errors import FedError
 
-_RAY_SHUTDOWN_WAIT_S = 10.0
+_KILL_WAIT_S = 5.0
 
 
 class SendFailurePolicy:
@@ -67,7 +69,7 @@ class SendFailurePolicy:
                 return
             self._exiting = True
         self._log.error("exiting with status 1 (exit_on_sending_failure): %s", error)
-        _stop_ray_bounded()
+        _kill_descendants()
         for handler in logging.getLogger("fed").handlers + logging.getLogger().handlers:
             try:
                 handler.flush()
@@ -91,17 +93,23 @@ class SendFailurePolicy:
         return bool(failures) and self._exit
 
 
-def _stop_ray_bounded() -> None:
-    """ray.shutdown() from this thread, waited for a few seconds: the Ray processes this
-    driver started must not outlive it, but a wedged shutdown must not block the exit."""
-    def stop() -> None:
-        try:
-            import ray
+def _kill_descendants() -> None:
+    """Stop the processes this driver started (a local Ray cluster: GCS, raylet, workers,
+    agents). `ray.shutdown()` cannot be used here: called beside a main thread blocked in
+    `ray.get`, Ray ends the process itself with status 0. A driver attached to an existing
+    cluster has no such children, so nothing of that cluster is touched."""
+    try:
+        import psutil
 
-            ray.shutdown()
+        children = psutil.Process().children(recursive=True)
+    except Exception:
+        return
+    for child in children:
+        try:
+            child.kill()
         except Exception:
             pass
-
-    thread = threading.Thread(target=stop, name="fed-exit-ray", daemon=True)
-    thread.start()
-    thread.join(_RAY_SHUTDOWN_WAIT_S)
+    try:
+        psutil.wait_procs(children, timeout=_KILL_WAIT_S)
+    except Exception:
+        pass
