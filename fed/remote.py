@@ -15,7 +15,7 @@ import ray
 
 from fed import _context
 from fed.egress import check_egress
-from fed.errors import FedConfigError, FedError
+from fed.errors import FedConfigError, FedEgressDenied, FedError
 from fed.object import FedObject
 from fed.transport.base import MessageKey
 from fed.tree import map_leaves
@@ -84,7 +84,11 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
             consumer_seq=seq_id, consumer_call=call,
         )
         if ctx.executes(src):
-            check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
+            try:
+                check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
+            except FedEgressDenied as exc:
+                ctx.transport.vetoed(key, str(exc))  # dst's barrier on it must not wait
+                raise
             ctx.transport.send(key, obj._ref)
         if ctx.executes(dst):
             obj._received[dst] = ctx.transport.receive(key)

@@ -207,3 +207,52 @@ def test_fed_get_timeout_raises_a_typed_error_naming_the_value():
         assert "slow" in text and "'bob'" in text and "timed out after 2 s" in text, text
         report(f"fed.get(timeout=2) on a hung task of bob, in {party}",
                f"FedTimeoutError after {waited:.1f} s")
+
+
+# ---- an egress veto in the middle of a channel ---------------------------------------------------
+
+
+@fed.remote
+def secret(x):
+    return x
+
+
+def no_secrets(request):
+    return not request.call.endswith(".secret")
+
+
+def veto_in_the_middle(party, addresses):
+    import ray
+
+    start_ray()
+    fed.init(addresses=addresses, party=party, config={
+        "egress": {"policy": no_secrets}, "cross_silo_comm": {"peer_timeout_s": 60}})
+    first = add.party("bob").remote(produce.party("alice").remote(1), 1)  # ordinal 0
+    started = time.monotonic()
+    try:
+        blocked = add.party("bob").remote(secret.party("alice").remote(2), 1)  # ordinal 1
+    except fed.FedEgressDenied:
+        blocked = None  # alice: the veto is raised at the call
+    last = add.party("bob").remote(produce.party("alice").remote(3), 1)  # ordinal 2
+    outcome = "vetoed here"
+    if blocked is not None:  # bob: its task on the vetoed value must fail, not hang
+        try:
+            ray.get(blocked.get_ray_object_ref())
+            outcome = "no error"
+        except Exception as exc:
+            outcome = str(exc)
+    waited = time.monotonic() - started
+    values = fed.get([first, last])
+    fed.shutdown()
+    return outcome, waited, values
+
+
+def test_vetoed_value_mid_channel_fails_the_consumers_barrier_at_once():
+    outcomes = run_parties(veto_in_the_middle, timeout=150)
+    assert_all_ok(outcomes)
+    assert outcomes["alice"].result[0] == "vetoed here"
+    outcome, waited, values = outcomes["bob"].result
+    assert "will not come" in outcome and "egress policy" in outcome, outcome
+    assert values == [2, 4] and outcomes["alice"].result[2] == [2, 4]
+    report("alice's egress policy vetoes value #1 of 3 to bob (peer_timeout_s=60)",
+           f"bob's task on it failed after {waited:.1f} s; values #0 and #2 arrived")

@@ -93,6 +93,10 @@ class Transport(abc.ABC):
         it was sent or vetoed); `aborted` means fed.init failed: peers are not told the
         job finished. Returns the send failures seen."""
 
+    def vetoed(self, key: MessageKey, reason: str) -> None:
+        """`key`'s value will never be sent (this party's egress policy refused it): tell
+        `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks."""
+
     def stats(self) -> dict[str, Any]:
         """Counters a user can read: values and bytes per peer, retries, refusals."""
         return {}

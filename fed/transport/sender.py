@@ -107,7 +107,7 @@ class SenderProxy:
         self._idle: dict[str, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in peers}
         # Per-peer data threads: a slow or dead peer holds only its own.
         self._data = {p: WorkerThreads(f"fed-send-{p}", per_peer) for p in peers}
-        self._control = WorkerThreads("fed-control", len(peers) + 1)
+        self._control = WorkerThreads("fed-control", 2 * len(peers) + 1)
         self._beats = WorkerThreads("fed-heartbeat", len(peers))
         self._log = party_logger(party, job)
         self._closed = threading.Event()
@@ -164,7 +164,8 @@ class SenderProxy:
             if key.dst not in self._finished and key.dst not in self._lost:
                 # The consumer's barrier fails now rather than at heartbeat loss.
                 notice = {"kind": "send_failed", "key": key.to_dict(), "text": str(error)}
-                asyncio.get_running_loop().create_task(self.notify(key.dst, notice))
+                asyncio.get_running_loop().create_task(
+                    self.notify(key.dst, notice, self._timeout_s))
             self._hooks.send_failed(error)
             raise error from None
 
@@ -172,12 +173,23 @@ class SenderProxy:
         with self._lock:
             self._failed += 1
 
-    async def notify(self, peer: str, notice: dict[str, Any]) -> None:
-        """Deliver a control notice (e.g. a divergence report) to `peer`, best effort."""
+    async def notify(self, peer: str, notice: dict[str, Any], retry_s: float = 0.0) -> None:
+        """Deliver a control notice (e.g. a divergence report) to `peer`, best effort,
+        retrying for `retry_s` (a peer may still be starting)."""
+        deadline = time.monotonic() + retry_s
         try:
-            await self._control.run(self._control_frame, peer, wire.NOTICE, notice, 5.0)
+            await self._control.run(self._notice_until, peer, notice, deadline)
         except Exception as exc:
             self._log.warning("could not deliver a notice to %r: %s", peer, exc)
+
+    def _notice_until(self, peer: str, notice: dict[str, Any], deadline: float) -> None:
+        def abort(_exc: BaseException) -> None:
+            if peer in self._finished or peer in self._lost or self._closed.is_set():
+                raise FedPeerUnavailableError(peer, "finished, lost, or we are stopping")
+
+        with_retries(lambda: self._control_frame(peer, wire.NOTICE, notice, 5.0),
+                     deadline=deadline, transient=_transient, abort=abort,
+                     first_delay_s=0.2, max_delay_s=1.0)
 
     def peer_finished(self, peer: str) -> None:
         """`peer` said BYE: stop watching it, fail what we still owe it, send it no BYE."""

@@ -187,6 +187,12 @@ class TcpTransport(Transport):
         if len(self._pending) >= _PRUNE_EVERY:
             self._pending = [f for f in self._pending if not f.done()]
 
+    def vetoed(self, key: MessageKey, reason: str) -> None:
+        notice = {"kind": "send_failed", "key": key.to_dict(),
+                  "text": f"value #{key.ordinal} ({key.producer()}) will not come: {reason}"}
+        retry_s = self._config.comm.timeout_in_ms / 1000.0  # as long as a send would try
+        self._pending.append(self._sender.submit(self._sender.obj.notify(key.dst, notice, retry_s)))
+
     async def _relay_notices(self) -> None:
         """Deliver the notices our receiver has for peers (e.g. a divergence report), and
         tell the sender which peers said BYE (notices addressed to no peer)."""
