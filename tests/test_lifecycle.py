@@ -256,3 +256,53 @@ def test_vetoed_value_mid_channel_fails_the_consumers_barrier_at_once():
     assert values == [2, 4] and outcomes["alice"].result[2] == [2, 4]
     report("alice's egress policy vetoes value #1 of 3 to bob (peer_timeout_s=60)",
            f"bob's task on it failed after {waited:.1f} s; values #0 and #2 arrived")
+
+
+# ---- a driver that ends without fed.shutdown() still delivers a value computed late --------------
+
+
+LATE_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import fed
+import test_lifecycle as t
+from multiparty import start_ray
+
+start_ray()
+fed.init(addresses={addresses!r}, party={party!r})
+late = t.slow.party("alice").remote(41, 3.0)  # ready only after alice's last line
+total = t.add.party("bob").remote(late, 1)
+if {party!r} == "bob":
+    import ray
+    print("BOB GOT", ray.get(total.get_ray_object_ref()), flush=True)
+    fed.shutdown()
+# alice: no fed.get, no fed.shutdown: the interpreter exits while the value is computed
+"""
+
+
+def test_value_ready_after_the_last_line_is_delivered_without_shutdown():
+    import os
+    import subprocess
+    import sys
+
+    addresses = local_addresses(["alice", "bob"])
+    tests = os.path.dirname(os.path.abspath(__file__))
+    procs = {
+        party: subprocess.Popen(
+            [sys.executable, "-c", LATE_SCRIPT.format(tests=tests, addresses=addresses,
+                                                      party=party)],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for party in ("alice", "bob")
+    }
+    outputs = {}
+    try:
+        for party, proc in procs.items():
+            outputs[party] = proc.communicate(timeout=120)[0]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+    assert procs["alice"].returncode == 0, outputs["alice"][-3000:]
+    assert "BOB GOT 42" in outputs["bob"], outputs["bob"][-3000:]
+    report("alice's last value is ready 3 s after its script ends, no fed.shutdown",
+           "bob receives it")
