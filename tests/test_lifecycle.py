@@ -306,3 +306,57 @@ def test_value_ready_after_the_last_line_is_delivered_without_shutdown():
     assert "BOB GOT 42" in outputs["bob"], outputs["bob"][-3000:]
     report("alice's last value is ready 3 s after its script ends, no fed.shutdown",
            "bob receives it")
+
+
+# ---- one unreachable peer does not delay sends to the others ------------------------------------
+
+
+def sends_around_a_cut_peer(party, addresses, n_to_bob):
+    import ray
+
+    start_ray()
+    fed.init(addresses=addresses, party=party, config={"cross_silo_comm": {
+        "timeout_in_ms": 150000, "shutdown_flush_timeout_s": 150}})
+    # More sends to bob (unreachable for now) than the old shared pool had threads.
+    to_bob = [add.party("bob").remote(produce.party("alice").remote(i), 0)
+              for i in range(n_to_bob)]
+    to_carol = add.party("carol").remote(produce.party("alice").remote(100), 1)
+    got = None
+    if party == "carol":
+        got = (ray.get(to_carol.get_ray_object_ref()), time.time())
+    elif party == "bob":
+        got = sum(ray.get([o.get_ray_object_ref() for o in to_bob]))
+    fed.shutdown()
+    return got
+
+
+def test_unreachable_peer_does_not_delay_sends_to_another_peer():
+    import threading
+
+    from multiparty import free_ports
+    from relay import Relay
+
+    bob_port, relay_port, alice_port, carol_port = free_ports(4)
+    addresses = {
+        "alice": f"127.0.0.1:{alice_port}",
+        "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},
+        "carol": f"127.0.0.1:{carol_port}",
+    }
+    relay = Relay(relay_port, ("127.0.0.1", bob_port)).start()
+    cutter = threading.Thread(target=relay.cut, args=(45.0,), daemon=True)
+    cutter.start()  # bob is unreachable for the first 45 s
+    try:
+        outcomes = run_parties(sends_around_a_cut_peer, ["alice", "bob", "carol"],
+                               args=(12,), addresses=addresses, timeout=200)
+    finally:
+        cutter.join(60)
+        relay.stop()
+    assert_all_ok(outcomes)
+    value, carol_got_at = outcomes["carol"].result
+    assert value == 101
+    assert outcomes["bob"].result == sum(range(12))
+    cut_start, cut_end = relay.cuts[0]
+    assert carol_got_at < cut_end, (carol_got_at, relay.cuts)
+    report("12 sends to bob while bob is cut off for 45 s, then 1 send to carol",
+           f"carol had its value {carol_got_at - cut_start:.1f} s into the cut "
+           f"({cut_end - carol_got_at:.1f} s before it ended); bob got all 12 afterwards")
