@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -14,6 +15,9 @@ from fed.config import build_config
 from fed.errors import FedConfigError, FedError, FedTimeoutError
 from fed.object import FedObject
 from fed.remote import FedActorHandle, route
+
+
+_JOB_NAME_ENV = "RAYFED_JOB_NAME"  # set per run by `fed run` (fed/cli/run.py)
 
 
 def init(
@@ -51,11 +55,21 @@ def init(
             "behind fed.transport.base.Transport; drop the *_proxy_cls arguments"
         )
     _log.configure(logging_level)
+    default_job = job_name is None and not os.environ.get(_JOB_NAME_ENV)
+    if job_name is None:
+        job_name = os.environ.get(_JOB_NAME_ENV) or None
     cfg = build_config(
         party=party, addresses=addresses, cluster=cluster, config=config,
         tls_config=tls_config, job_name=job_name, mode=mode,
     )
     log = _log.party_logger(cfg.party if cfg.mode == "production" else "simulation", cfg.job_name)
+    if default_job and cfg.mode == "production" and len(cfg.parties) > 1:
+        log.warning(
+            "no job_name given: every run of this script is job %r, so a party left over "
+            "from an earlier run could take this run's values as its own. Pass a job_name "
+            "unique to the run to fed.init in every party, or start the parties with "
+            "`fed run` (it sets %s).", cfg.job_name, _JOB_NAME_ENV,
+        )
 
     started_ray = False
     if not ray.is_initialized():
