@@ -25,6 +25,8 @@ class FedContext:
     started_ray: bool = False
     sending_failure_handler: Optional[Callable[[Exception], None]] = None
     send_failures: Optional[SendFailurePolicy] = None
+    # A token per fed.init: FedObjects carry it, so one from an earlier job is refused.
+    generation: object = field(default_factory=object)
     _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
     _channel: dict = field(default_factory=lambda: defaultdict(int))
 

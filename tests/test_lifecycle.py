@@ -360,3 +360,25 @@ def test_unreachable_peer_does_not_delay_sends_to_another_peer():
     report("12 sends to bob while bob is cut off for 45 s, then 1 send to carol",
            f"carol had its value {carol_got_at - cut_start:.1f} s into the cut "
            f"({cut_end - carol_got_at:.1f} s before it ended); bob got all 12 afterwards")
+
+
+# ---- a FedObject from an earlier fed.init is refused -------------------------------------------
+
+
+def test_fed_object_from_an_earlier_init_is_refused():
+    addresses = {"alice": "127.0.0.1:1", "bob": "127.0.0.1:2"}
+    fed.init(addresses=addresses, party="alice", mode="simulation")
+    try:
+        old = produce.party("alice").remote(1)
+        assert fed.get(old) == 1
+    finally:
+        fed.shutdown()
+    fed.init(addresses=addresses, party="alice", mode="simulation")
+    try:
+        with pytest.raises(fed.FedError, match="earlier fed.init"):
+            add.party("bob").remote(old, 1)
+        with pytest.raises(fed.FedError, match="earlier fed.init"):
+            fed.get(old)
+        assert fed.get(add.party("bob").remote(produce.party("alice").remote(2), 1)) == 3
+    finally:
+        fed.shutdown()
