@@ -59,6 +59,18 @@ class SenderHooks:
     peer_back: Callable[[str], Awaitable[None]]
     send_failed: Callable[[FedError], None]  # must not block
 
+    @classmethod
+    def detached(cls) -> "SenderHooks":
+        """For a sender with no party around it (tools, tests): nothing to tell."""
+
+        async def nothing_waited(_issued: dict) -> dict:
+            return {}
+
+        async def ignore(*_args: Any) -> None:
+            return None
+
+        return cls(nothing_waited, ignore, ignore, lambda _error: None)
+
 
 class _Connection:
     """One authenticated stream to a peer's receiver."""
@@ -84,13 +96,13 @@ class SenderProxy:
         addresses: dict[str, tuple[str, int]],
         tls: Optional[Any],
         comm: dict[str, Any],
-        hooks: SenderHooks,
+        hooks: Optional[SenderHooks] = None,
     ) -> None:
         from fed.transport.tls import client_context
 
         self._party = party
         self._job = job
-        self._hooks = hooks
+        self._hooks = hooks or SenderHooks.detached()
         self._addresses = {p: a for p, a in addresses.items() if p != party}
         peers = list(self._addresses)
         # One context per peer: with per-party CAs each trusts only that peer's CA.
@@ -156,18 +168,16 @@ class SenderProxy:
         try:
             return await self._data[key.dst].run(self._push, key, kind, value)
         except FedError as exc:
-            error = FedTransportError(
-                f"party {self._party!r} could not send {key.producer()} to {key.dst!r}: {exc}"
-            )
+            text = f"party {self._party!r} could not send {key.producer()} to {key.dst!r}: {exc}"
             self._count_failure()
-            self._log.error("sending %s to %r failed: %s", key.producer(), key.dst, exc)
+            self._log.error("%s", text)
             if key.dst not in self._finished and key.dst not in self._lost:
                 # The consumer's barrier fails now rather than at heartbeat loss.
-                notice = {"kind": "send_failed", "key": key.to_dict(), "text": str(error)}
+                notice = {"kind": "send_failed", "key": key.to_dict(), "text": text}
                 asyncio.get_running_loop().create_task(
                     self.notify(key.dst, notice, self._timeout_s))
-            self._hooks.send_failed(error)
-            raise error from None
+            self._hooks.send_failed(exc)  # the typed error (identity, limit, ...) as raised
+            raise
 
     def _count_failure(self) -> None:
         with self._lock:
