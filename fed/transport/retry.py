@@ -25,8 +25,8 @@ def with_retries(
     """Call `attempt` until it returns, or re-raise its last error.
 
     An error is raised at once when `transient(error)` is false, when `abort(error)`
-    raises (its own error replaces it), or when the next attempt would start after
-    `deadline` (a `time.monotonic()` value). Sleeps are jittered so that parties
+    raises (its own error replaces it), or once `deadline` (a `time.monotonic()`
+    value) has passed; the last attempt starts at the deadline. Sleeps are jittered so that parties
     retrying the same peer do not reconnect in lockstep.
     """
     delay = first_delay_s
@@ -38,9 +38,10 @@ def with_retries(
                 raise
             if abort is not None:
                 abort(exc)
-            pause = delay * random.uniform(0.5, 1.0)
-            if time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
+            pause = min(delay * random.uniform(0.5, 1.0), left)  # the last try at the deadline
             if on_retry is not None:
                 on_retry(exc)
             time.sleep(pause)
