@@ -15,6 +15,7 @@ from fed.errors import (
     FedRefusedError,
     FedRemoteError,
     FedSerializationError,
+    FedTimeoutError,
     FedTransportError,
 )
 from fed.object import FedObject
@@ -27,5 +28,5 @@ __all__ = [
     "FedError", "FedConfigError", "FedRemoteError", "FedDivergenceError",
     "FedPeerUnavailableError", "FedTransportError", "FedRefusedError",
     "FedSerializationError", "FedDeserializationRefused",
-    "FedIdentityError", "FedLimitError", "FedEgressDenied",
+    "FedIdentityError", "FedLimitError", "FedEgressDenied", "FedTimeoutError",
 ]

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from fed._failure import SendFailurePolicy
 from fed.config import FedConfig
 from fed.errors import FedNotInitializedError
 from fed.transport.base import Transport
@@ -24,6 +25,9 @@ class FedContext:
     log: logging.LoggerAdapter
     started_ray: bool = False
     sending_failure_handler: Optional[Callable[[Exception], None]] = None
+    send_failures: Optional[SendFailurePolicy] = None
+    # A token per fed.init: FedObjects carry it, so one from an earlier job is refused.
+    generation: object = field(default_factory=object)
     _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
     _channel: dict = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

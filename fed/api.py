@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -9,10 +10,14 @@ from typing import Any, Callable, Optional
 import ray
 
 from fed import _context, _log
+from fed._failure import SendFailurePolicy
 from fed.config import build_config
-from fed.errors import FedConfigError, FedError, remote_error_from
+from fed.names import JOB_NAME_ENV as _JOB_NAME_ENV  # set per run by `fed run`
+from fed.errors import FedConfigError, FedError, FedTimeoutError, remote_error_from
 from fed.object import FedObject
 from fed.remote import FedActorHandle, route
+
+
 
 
 def init(
@@ -50,11 +55,21 @@ def init(
             "behind fed.transport.base.Transport; drop the *_proxy_cls arguments"
         )
     _log.configure(logging_level)
+    default_job = job_name is None and not os.environ.get(_JOB_NAME_ENV)
+    if job_name is None:
+        job_name = os.environ.get(_JOB_NAME_ENV) or None
     cfg = build_config(
         party=party, addresses=addresses, cluster=cluster, config=config,
         tls_config=tls_config, job_name=job_name, mode=mode,
     )
     log = _log.party_logger(cfg.party if cfg.mode == "production" else "simulation", cfg.job_name)
+    if default_job and cfg.mode == "production" and len(cfg.parties) > 1:
+        log.warning(
+            "no job_name given: every run of this script is job %r, so a party left over "
+            "from an earlier run could take this run's values as its own. Pass a job_name "
+            "unique to the run to fed.init in every party, or start the parties with "
+            "`fed run` (it sets %s).", cfg.job_name, _JOB_NAME_ENV,
+        )
 
     started_ray = False
     if not ray.is_initialized():
@@ -63,6 +78,9 @@ def init(
     elif address not in (None, "local"):
         log.warning("Ray is already initialised in this process; ignoring address=%r", address)
 
+    failures = SendFailurePolicy(
+        sending_failure_handler, cfg.comm.exit_on_sending_failure, log
+    )
     if cfg.mode == "simulation":
         from fed.transport.local import LocalTransport
 
@@ -70,19 +88,19 @@ def init(
     else:
         from fed.transport.tcp import TcpTransport
 
-        transport = TcpTransport(cfg)
+        transport = TcpTransport(cfg, on_send_failed=failures.report)
     try:
         transport.start()
         if cfg.barrier_on_initializing and cfg.mode == "production":
             transport.wait_for_peers(cfg.comm.startup_timeout_s)
     except BaseException:
-        transport.stop(0)
+        transport.stop(0, aborted=True)  # peers must not read this as "finished"
         if started_ray:
             ray.shutdown()
         raise
     ctx = _context.FedContext(
         config=cfg, transport=transport, log=log, started_ray=started_ray,
-        sending_failure_handler=sending_failure_handler,
+        sending_failure_handler=sending_failure_handler, send_failures=failures,
     )
     _context.set_current(ctx)
     log.info(
@@ -99,37 +117,49 @@ def shutdown() -> None:
         return
     _context.set_current(None)
     started = time.monotonic()
-    failures = ctx.transport.stop(ctx.config.comm.shutdown_flush_timeout_s)
+    failures = ctx.transport.stop(
+        ctx.config.comm.shutdown_flush_timeout_s, next_ordinals=_next_ordinals(ctx)
+    )
+    failures = [_cause(f) for f in failures]
     for failure in failures:
-        ctx.log.error("a cross-party send failed: %s", _cause(failure))
+        ctx.log.error("a cross-party send failed: %s", failure)
+    must_exit = ctx.send_failures is not None and ctx.send_failures.at_shutdown(failures)
     if ctx.started_ray:
         ray.shutdown()
     ctx.log.info("left job %r in %.2f s", ctx.job_name, time.monotonic() - started)
-    if failures:
-        if ctx.sending_failure_handler is not None:
-            ctx.sending_failure_handler(_cause(failures[0]))
-        if ctx.config.comm.exit_on_sending_failure:
-            raise SystemExit(1)
+    if must_exit:
+        raise SystemExit(1)
 
 
-def get(fed_objects: Any) -> Any:
+def _next_ordinals(ctx: _context.FedContext) -> dict[str, int]:
+    """Per peer, the next ordinal of our channel to it: every ordinal below was sent or
+    vetoed, so the peer's barriers on higher ones fail at our BYE."""
+    return {dst: n for (src, dst), n in ctx._channel.items() if src == ctx.party}
+
+
+def get(fed_objects: Any, timeout: Optional[float] = None) -> Any:
     """The value(s) of fed object(s); the owner pushes them to every party calling this.
 
-    Inside a task, nested arguments arrive as Ray ObjectRefs: `fed.get` resolves
-    those too.
+    With `timeout` (seconds), raise FedTimeoutError if the values are not all here in
+    time (a peer's task that hangs while its process stays alive is otherwise waited
+    for forever). Inside a task, nested arguments arrive as Ray ObjectRefs: `fed.get`
+    resolves those too.
     """
     if isinstance(fed_objects, ray.ObjectRef):
-        return ray.get(fed_objects)
+        return ray.get(fed_objects, timeout=timeout)
     if isinstance(fed_objects, list) and fed_objects and all(
         isinstance(o, ray.ObjectRef) for o in fed_objects
     ):
-        return ray.get(fed_objects)
+        return ray.get(fed_objects, timeout=timeout)
     ctx = _context.get()
     single = isinstance(fed_objects, FedObject)
     items = [fed_objects] if single else list(fed_objects)
     for item in items:
         if not isinstance(item, FedObject):
             raise FedError(f"fed.get takes FedObjects (or a list of them), got {type(item).__name__}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout < 0):
+        raise FedConfigError(f"fed.get timeout must be a number of seconds >= 0, got {timeout!r}")
     seq_id = ctx.next_seq_id()
     refs = []
     for obj in items:
@@ -138,9 +168,7 @@ def get(fed_objects: Any) -> Any:
                 route(ctx, obj, dst, seq_id, "fed.get")
         refs.append(obj._ref if obj.get_party() == ctx.party else obj._received[ctx.party])
     try:
-        values = ray.get(refs)
-        if ctx.simulation:  # the other parties run this fed.get too: their copies must arrive
-            ray.get([r for obj in items for p, r in obj._received.items() if p != ctx.party])
+        values = _get_within(ctx, items, refs, timeout)
     except ray.exceptions.RayTaskError as exc:
         raise _task_failure(items, refs, exc) from _chained(exc)
     return values[0] if single else values
@@ -176,6 +204,30 @@ def _failed_item(items: list[FedObject], refs: list) -> FedObject:
             except ray.exceptions.RayTaskError:
                 return obj
     return items[0]
+
+
+def _get_within(ctx: _context.FedContext, items: list, refs: list,
+                timeout: Optional[float]) -> list:
+    """ray.get of the barriers, as FedTimeoutError naming the missing values on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        values = ray.get(refs, timeout=timeout)
+        if ctx.simulation:  # the other parties run this fed.get too: their copies must arrive
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ray.get([r for obj in items for p, r in obj._received.items() if p != ctx.party],
+                    timeout=left)
+    except ray.exceptions.GetTimeoutError:
+        unique = list(dict.fromkeys(refs))
+        ready, _ = ray.wait(unique, num_returns=len(unique), timeout=0)
+        missing = [o for o, r in zip(items, refs) if r not in ready] or items
+        names = ", ".join(f"{o.call} (id {o.get_fed_task_id()}) of party {o.get_party()!r}"
+                          for o in missing[:5])
+        raise FedTimeoutError(
+            f"fed.get timed out after {timeout:g} s in party {ctx.party!r} waiting for "
+            f"{names}; its task may still be running or hung there. Call fed.get again to "
+            "keep waiting, or fed.shutdown() to give up"
+        ) from None
+    return values
 
 
 def kill(actor: FedActorHandle, *, no_restart: bool = True) -> None:

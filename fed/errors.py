@@ -113,6 +113,10 @@ class FedTransportError(FedError):
     """The cross-party channel failed to move a value."""
 
 
+class FedTimeoutError(FedError, TimeoutError):
+    """`fed.get(..., timeout=...)` ran out of time; the values may still come later."""
+
+
 class FedRefusedError(FedTransportError):
     """The receiving party refused a message (wrong job, identity, limits...)."""
 

@@ -15,7 +15,7 @@ class FedObject:
     """
 
     __slots__ = ("_party", "_seq_id", "_index", "_call", "_ref", "_sent_to", "_received",
-                 "__weakref__")
+                 "_generation", "__weakref__")
 
     def __init__(
         self,
@@ -24,6 +24,7 @@ class FedObject:
         call: str,
         ref: Optional["ray.ObjectRef"] = None,
         index: int = 0,
+        generation: Optional[object] = None,
     ) -> None:
         self._party = party
         self._seq_id = seq_id
@@ -32,6 +33,7 @@ class FedObject:
         self._ref = ref
         self._sent_to: set[str] = set()  # parties this value was routed to (every party tracks)
         self._received: dict[str, "ray.ObjectRef"] = {}  # party -> ref of the received value
+        self._generation = generation  # the fed.init that made it (stale after shutdown)
 
     def get_party(self) -> str:
         """The party that owns (computed) this value."""

@@ -15,7 +15,7 @@ import ray
 
 from fed import _context
 from fed.egress import check_egress
-from fed.errors import FedConfigError, FedError
+from fed.errors import FedConfigError, FedEgressDenied, FedError
 from fed.object import FedObject
 from fed.transport.base import MessageKey
 from fed.tree import map_leaves
@@ -73,6 +73,11 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
     Returns the ref `dst` uses for it when this process executes `dst`'s calls, else
     None. Every party takes the same decisions here, so message ordinals agree.
     """
+    if obj._generation is not None and obj._generation is not ctx.generation:
+        raise FedError(
+            f"{obj!r} comes from an earlier fed.init: that job was shut down and its values "
+            "are gone. Compute the value again in this job"
+        )
     src = obj.get_party()
     if src == dst:
         return obj._ref if ctx.executes(dst) else None
@@ -84,7 +89,11 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
             consumer_seq=seq_id, consumer_call=call,
         )
         if ctx.executes(src):
-            check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
+            try:
+                check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
+            except FedEgressDenied as exc:
+                ctx.transport.vetoed(key, str(exc))  # dst's barrier on it must not wait
+                raise
             ctx.transport.send(key, obj._ref)
         if ctx.executes(dst):
             obj._received[dst] = ctx.transport.receive(key)
@@ -100,10 +109,12 @@ def _simulation_name(ctx, options: dict[str, Any], party: str, name: str) -> dic
 
 def _wrap_results(party: str, seq_id: int, call: str, result: Any, n: int) -> Any:
     """FedObject(s) for a call's outputs; `result` is the Ray ref(s) or None when skipped."""
+    generation = _context.get().generation
     if n == 1:
-        return FedObject(party, seq_id, call, result)
+        return FedObject(party, seq_id, call, result, generation=generation)
     refs = list(result) if result is not None else [None] * n
-    return [FedObject(party, seq_id, call, refs[i], index=i) for i in range(n)]
+    return [FedObject(party, seq_id, call, refs[i], index=i, generation=generation)
+            for i in range(n)]
 
 
 class FedRemoteFunction:

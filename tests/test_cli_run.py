@@ -24,7 +24,8 @@ def fed_env() -> dict[str, str]:
     """Environment that lets `python -m fed.cli.main` import this checkout."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for var in ("RAYFED_MODE", "RAYFED_TLS_DIR", "RAYFED_ADDRESSES", "RAYFED_PARTY"):
+    for var in ("RAYFED_MODE", "RAYFED_TLS_DIR", "RAYFED_ADDRESSES", "RAYFED_PARTY",
+                "RAYFED_JOB_NAME"):
         env.pop(var, None)
     return env
 
@@ -403,3 +404,24 @@ def test_run_parties_function_in_process(tmp_path: Path, capsys: pytest.CaptureF
     assert rc == 5
     assert "(a) hi a" in captured.out.splitlines()
     assert "party b exited with code 5" in captured.err
+
+
+def test_each_run_gets_a_fresh_job_name_unless_one_is_set(tmp_path: Path) -> None:
+    script = write_script(tmp_path, """
+        import os
+        print("JOB", os.environ.get("RAYFED_JOB_NAME"))
+        """)
+    names = []
+    for _ in range(2):
+        res = fed("run", str(script), "--parties", "alice,bob")
+        assert res.returncode == 0, res.stderr
+        jobs = {line.split("JOB ", 1)[1] for line in res.stdout.splitlines() if "JOB " in line}
+        assert len(jobs) == 1, res.stdout  # the same job in every party of one run
+        names.append(jobs.pop())
+    assert names[0] != names[1] and all(n.startswith("fed-run-") for n in names), names
+    env = fed_env()
+    env["RAYFED_JOB_NAME"] = "nightly"
+    res = subprocess.run([sys.executable, "-m", "fed.cli.main", "run", str(script),
+                          "--parties", "alice"], env=env, capture_output=True, text=True,
+                         timeout=45)
+    assert res.stdout.splitlines() == ["(alice) JOB nightly"], res.stdout

@@ -14,6 +14,8 @@ Environment exported to each party process:
 * ``RAYFED_ADDRESSES`` – JSON ``{"alice": "127.0.0.1:PORT", ...}``
 * ``RAYFED_PARTY`` – the party this process runs
 * ``RAYFED_MODE=simulation`` – only with ``--simulate`` (removed otherwise)
+* ``RAYFED_JOB_NAME`` – a fresh job name per run (kept if already set), which
+  ``fed.init`` uses when ``job_name`` is not given
 * ``RAYFED_TLS_DIR`` – only with ``--tls``: directory holding ``ca.crt``,
   ``<party>.crt``, ``<party>.key`` (removed otherwise)
 * ``PYTHONUNBUFFERED=1`` – so output shows up promptly
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Optional, Sequence
@@ -55,6 +58,7 @@ from fed.names import (  # one definition of the variables fed.init reads
     MODE_ENV as ENV_MODE,
     PARTY_ENV as ENV_PARTY,
     TLS_DIR_ENV as ENV_TLS_DIR,
+    JOB_NAME_ENV as ENV_JOB_NAME,
 )
 SIMULATION_MODE = "simulation"
 
@@ -339,6 +343,9 @@ def run_parties(
     if psutil is None:
         output.message("psutil is not installed: processes that leave a party's session may survive")
     base_env = dict(os.environ if env is None else env)
+    # A fresh job per run: a party left over from a previous run never takes this
+    # run's values as its own (a job name set by the caller is kept).
+    base_env.setdefault(ENV_JOB_NAME, f"fed-run-{uuid.uuid4().hex[:12]}")
 
     old_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 import ray
 
@@ -80,8 +80,22 @@ class Transport(abc.ABC):
         """Return when every peer answers, or raise naming the missing ones."""
 
     @abc.abstractmethod
-    def stop(self, flush_timeout_s: float) -> None:
-        """Flush pending sends (bounded), tell peers we are done, free every resource."""
+    def stop(
+        self,
+        flush_timeout_s: float,
+        *,
+        next_ordinals: Optional[dict[str, int]] = None,
+        aborted: bool = False,
+    ) -> list[BaseException]:
+        """Flush pending sends (bounded), tell peers we are done, free every resource.
+
+        `next_ordinals` gives, per peer, the channel's next ordinal (every ordinal below
+        it was sent or vetoed); `aborted` means fed.init failed: peers are not told the
+        job finished. Returns the send failures seen."""
+
+    def vetoed(self, key: MessageKey, reason: str) -> None:
+        """`key`'s value will never be sent (this party's egress policy refused it): tell
+        `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks."""
 
     def stats(self) -> dict[str, Any]:
         """Counters a user can read: values and bytes per peer, retries, refusals."""

@@ -144,7 +144,13 @@ class LocalTransport(Transport):
     def wait_for_peers(self, timeout_s: float) -> None:
         pass
 
-    def stop(self, flush_timeout_s: float) -> list[BaseException]:
+    def stop(
+        self,
+        flush_timeout_s: float,
+        *,
+        next_ordinals: Optional[dict[str, int]] = None,
+        aborted: bool = False,
+    ) -> list[BaseException]:
         self._in_flight.clear()
         if self._crossing is not None:
             ray.kill(self._crossing)

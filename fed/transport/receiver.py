@@ -27,6 +27,7 @@ from fed.errors import (
     FedPeerUnavailableError,
     FedSerializationError,
     error_from_wire,
+    FedTransportError,
 )
 from fed.transport import wire
 from fed.transport.base import MessageKey
@@ -276,9 +277,10 @@ class ReceiverProxy:
             if not fut.done():
                 fut.set_exception(error)
 
-    def _notify_peer(self, peer: str, notice: dict[str, Any]) -> None:
+    def _notify_peer(self, peer: Optional[str], notice: dict[str, Any]) -> None:
         """Queue a notice for `peer`; the party's sender (in the driver, see tcp.py) takes
-        it with `next_notices` and delivers it, best effort: our own party has the error."""
+        it with `next_notices` and delivers it, best effort: our own party has the error.
+        A notice for peer None is for our own sender (e.g. a peer said BYE)."""
         self._outbox.append((peer, notice))
         if self._outbox_ready is not None and not self._outbox_ready.done():
             self._outbox_ready.set_result(None)
@@ -286,7 +288,7 @@ class ReceiverProxy:
     async def next_notices(self) -> Optional[list]:
         """Wait for notices to deliver to peers; None once the receiver stops."""
         while not self._outbox and not self._stopping.is_set():
-            self._outbox_ready = self._loop.create_future()
+            self._outbox_ready = asyncio.get_running_loop().create_future()  # before start()
             await self._outbox_ready
         notices, self._outbox = self._outbox, []
         return notices or None
@@ -397,6 +399,7 @@ class ReceiverProxy:
         if type(sent) is not int or sent < 0:
             raise wire.ProtocolError("BYE needs a non-negative integer `sent`")
         self._finished[peer] = sent
+        self._notify_peer(None, {"kind": "peer_finished", "peer": peer})  # for our sender
         for (src, ordinal), (key, fut) in list(self._waiters.items()):
             if src == peer and ordinal >= sent and not fut.done():
                 fut.set_exception(self._finished_error(key, sent))
@@ -407,7 +410,18 @@ class ReceiverProxy:
         if notice.get("kind") == "divergence":
             self._fail_peer(peer, FedDivergenceError(f"party {peer!r} reports: {text}"))
         elif notice.get("kind") == "send_failed":
-            self._fail_peer(peer, FedError(f"party {peer!r} reports: {text}"))
+            self._on_send_failed(peer, notice, text)
+
+    def _on_send_failed(self, peer: str, notice: dict[str, Any], text: str) -> None:
+        """`peer` could not deliver one value: fail the barrier on it (now or when it comes)."""
+        try:
+            key = MessageKey.from_dict(notice["key"])
+        except (KeyError, TypeError):
+            return
+        if _well_typed(key) and key.src == peer and key.job == self._job:
+            error = FedTransportError(f"party {peer!r} reports: {text}")
+            nothing_charged = Inflight((key.src, key.ordinal), -1)
+            self._on_arrival(_Arrived(key, error=error), nothing_charged)
 
     def _fail_peer(self, peer: str, error: FedError) -> None:
         """Fail every barrier waiting on `peer`, now and later."""

@@ -1,9 +1,12 @@
-"""The sending end of the channel: a Ray actor holding a few connections per peer.
+"""The sending end of the channel, hosted in the driver on its own event-loop thread.
 
 A value is serialized once (pickle protocol 5, numpy buffers out of band, no copy)
 and streamed as DATA frames. A broken connection is retried with backoff within
-the send timeout; the receiver drops the duplicates a retry may cause. Sends run in
-a thread pool, so independent sends to one or several peers proceed in parallel.
+the send timeout; the receiver drops the duplicates a retry may cause. Each peer
+has its own worker threads (`connections_per_peer` of them), so a slow peer never
+delays sends to the others, and control frames (BYE, NOTICE, startup PINGs) and
+heartbeats have threads of their own. The sender knows nothing of Ray or of the
+receiver: the transport gives it callbacks (`SenderHooks`).
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
 
 from fed import serialization
 from fed._log import party_logger
@@ -33,8 +36,40 @@ from fed.errors import (
 from fed.transport import wire
 from fed.transport.base import MessageKey
 from fed.transport.limits import ReceiverBusy, check_advertised
+from fed.transport.retry import with_retries
+from fed.transport.threads import WorkerThreads
 
 HEARTBEAT_INTERVAL_S = 1.0
+_NETWORK_ERRORS = (OSError, wire.PeerClosed, wire.ProtocolError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt: the network, or a receiver of the same job not running yet."""
+    if isinstance(exc, FedRefusedError):
+        return exc.reason in ("job_not_running", "busy")
+    return isinstance(exc, _NETWORK_ERRORS)
+
+
+@dataclass
+class SenderHooks:
+    """What the sender tells (and asks) the rest of its party; all run on the sender's loop."""
+
+    local_status: Callable[[dict], Awaitable[dict]]  # issued -> {peer: [[ordinal, consumer]]}
+    peer_lost: Callable[[str, str], Awaitable[None]]
+    peer_back: Callable[[str], Awaitable[None]]
+    send_failed: Callable[[FedError], None]  # must not block
+
+    @classmethod
+    def detached(cls) -> "SenderHooks":
+        """For a sender with no party around it (tools, tests): nothing to tell."""
+
+        async def nothing_waited(_issued: dict) -> dict:
+            return {}
+
+        async def ignore(*_args: Any) -> None:
+            return None
+
+        return cls(nothing_waited, ignore, ignore, lambda _error: None)
 
 
 class _Connection:
@@ -61,17 +96,19 @@ class SenderProxy:
         addresses: dict[str, tuple[str, int]],
         tls: Optional[Any],
         comm: dict[str, Any],
+        hooks: Optional[SenderHooks] = None,
     ) -> None:
         from fed.transport.tls import client_context
 
         self._party = party
         self._job = job
+        self._hooks = hooks or SenderHooks.detached()
         self._addresses = {p: a for p, a in addresses.items() if p != party}
+        peers = list(self._addresses)
         # One context per peer: with per-party CAs each trusts only that peer's CA.
         self._ssl: Optional[dict[str, ssl.SSLContext]] = (
-            {p: client_context(tls, p) for p in self._addresses} if tls is not None else None
+            {p: client_context(tls, p) for p in peers} if tls is not None else None
         )
-        self._comm = comm
         self._timeout_s = comm["timeout_in_ms"] / 1000.0
         self._chunk = int(comm["chunk_size_in_bytes"])
         self._max_message = comm.get("messages_max_size_in_bytes")
@@ -79,43 +116,42 @@ class SenderProxy:
         self._peer_timeout_s = float(comm["peer_timeout_s"])
         self._startup_timeout_s = float(comm["startup_timeout_s"])
         per_peer = int(comm["connections_per_peer"])
-        self._idle: dict[str, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in self._addresses}
-        self._slots = {p: threading.BoundedSemaphore(per_peer) for p in self._addresses}
-        self._pool = ThreadPoolExecutor(
-            max_workers=per_peer * max(1, len(self._addresses)) + 2,
-            thread_name_prefix="fed-send",
-        )
+        self._idle: dict[str, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in peers}
+        # Per-peer data threads: a slow or dead peer holds only its own.
+        self._data = {p: WorkerThreads(f"fed-send-{p}", per_peer) for p in peers}
+        self._control = WorkerThreads("fed-control", 2 * len(peers) + 1)
+        self._beats = WorkerThreads("fed-heartbeat", len(peers))
         self._log = party_logger(party, job)
         self._closed = threading.Event()
+        self._lock = threading.Lock()  # counters below are updated from worker threads
         self._sent_values: dict[str, int] = {}
         self._sent_bytes: dict[str, int] = {}
         self._retries = 0
         self._refused = 0
         self._failed = 0
         self._last_seen: dict[str, float] = {}
-        self._issued: dict[str, int] = {}  # send calls received per peer, in program order
+        self._next_ordinal: dict[str, int] = {}  # per peer: above every ordinal sent to it
         self._heartbeat_errors: dict[str, str] = {}  # last heartbeat failure per peer
         self._ever_seen: set[str] = set()  # peers that answered at least once
         self._undelivered: dict[str, dict[int, dict]] = {}  # peer -> ordinal -> key
         self._lost: set[str] = set()
+        self._finished: set[str] = set()  # peers whose BYE reached our receiver
         self._heartbeat: Optional[asyncio.Task] = None
-        self._receiver = None
         self._identity = None
         if tls is not None:
             from fed.transport.identity import IdentityVerifier
-
 
             self._identity = IdentityVerifier(tls, addresses, self._log)
         allowed = comm.get("egress_allowed_parties")
         self._egress_allowed = frozenset(allowed) if allowed is not None else None
         self._audit = AuditLog(comm["audit_log"]) if comm.get("audit_log") else None
 
-    # ---- public actor methods ------------------------------------------------------------
+    # ---- called by the transport (on the sender's loop) ------------------------------------
 
     async def send(self, key_dict: dict[str, Any], wrapped: list) -> dict[str, Any]:
         """Wait for the value (or the failure) behind `wrapped[0]`, push it, return the ack."""
         key = MessageKey.from_dict(key_dict)
-        self._issued[key.dst] = self._issued.get(key.dst, 0) + 1
+        self._next_ordinal[key.dst] = max(self._next_ordinal.get(key.dst, 0), key.ordinal + 1)
         self._undelivered.setdefault(key.dst, {})[key.ordinal] = key_dict
         try:
             return await self._send(key, wrapped)
@@ -129,73 +165,86 @@ class SenderProxy:
         except Exception as exc:  # the producing task failed: push an error envelope
             value = remote_error_from(exc, self._party, key.producer_call, self._expose_trace)
             kind = "error"
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._push, key, kind, value)
+            return await self._data[key.dst].run(self._push, key, kind, value)
         except FedError as exc:
-            self._failed += 1
-            self._log.error("sending %s to %r failed: %s", key.producer(), key.dst, exc)
-            await self._fail_locally(
-                FedTransportError(
-                    f"party {self._party!r} could not send {key.producer()} to {key.dst!r}: {exc}"
-                )
-            )
+            text = f"party {self._party!r} could not send {key.producer()} to {key.dst!r}: {exc}"
+            self._count_failure()
+            self._log.error("%s", text)
+            if key.dst not in self._finished and key.dst not in self._lost:
+                # The consumer's barrier fails now rather than at heartbeat loss.
+                notice = {"kind": "send_failed", "key": key.to_dict(), "text": text}
+                asyncio.get_running_loop().create_task(
+                    self.notify(key.dst, notice, self._timeout_s))
+            self._hooks.send_failed(exc)  # the typed error (identity, limit, ...) as raised
             raise
 
-    async def notify(self, peer: str, notice: dict[str, Any]) -> None:
-        """Deliver a control notice (e.g. a divergence report) to `peer`, best effort."""
-        loop = asyncio.get_running_loop()
+    def _count_failure(self) -> None:
+        with self._lock:
+            self._failed += 1
+
+    async def notify(self, peer: str, notice: dict[str, Any], retry_s: float = 0.0) -> None:
+        """Deliver a control notice (e.g. a divergence report) to `peer`, best effort,
+        retrying for `retry_s` (a peer may still be starting)."""
+        deadline = time.monotonic() + retry_s
         try:
-            await loop.run_in_executor(self._pool, self._control, peer, wire.NOTICE, notice, 5.0)
+            await self._control.run(self._notice_until, peer, notice, deadline)
         except Exception as exc:
             self._log.warning("could not deliver a notice to %r: %s", peer, exc)
 
+    def _notice_until(self, peer: str, notice: dict[str, Any], deadline: float) -> None:
+        def abort(_exc: BaseException) -> None:
+            if peer in self._finished or peer in self._lost or self._closed.is_set():
+                raise FedPeerUnavailableError(peer, "finished, lost, or we are stopping")
+
+        with_retries(lambda: self._control_frame(peer, wire.NOTICE, notice, 5.0),
+                     deadline=deadline, transient=_transient, abort=abort,
+                     first_delay_s=0.2, max_delay_s=1.0)
+
+    def peer_finished(self, peer: str) -> None:
+        """`peer` said BYE: stop watching it, fail what we still owe it, send it no BYE."""
+        if peer in self._addresses and peer not in self._finished:
+            self._finished.add(peer)
+            self._log.debug("party %r finished", peer)
+
     async def ping_all(self, timeout_s: float) -> dict[str, str]:
         """Wait until every peer answers a PING. Returns {peer: why} for the peers that did
-        not answer in time or refused us (a refusal, e.g. another job, ends the wait)."""
-        loop = asyncio.get_running_loop()
+        not answer in time or refused us (a refusal other than a job still ending is final)."""
         deadline = time.monotonic() + timeout_s
-        missing = {p: "no answer" for p in self._addresses}
-        while missing and time.monotonic() < deadline:
-            peers = sorted(missing)
-            results = await asyncio.gather(
-                *[loop.run_in_executor(self._pool, self._ping, p, 2.0) for p in peers]
-            )
-            for peer, (ok, why) in zip(peers, results):
-                if ok:
-                    del missing[peer]
-                else:
-                    missing[peer] = why
-            if any(why.startswith("refused") for why in missing.values()):
-                break
-            if missing:
-                await asyncio.sleep(0.2)
-        return missing
+        results = await asyncio.gather(
+            *[self._control.run(self._ping_until, p, deadline) for p in self._addresses]
+        )
+        return {p: why for p, why in zip(self._addresses, results) if why}
 
-    async def start_heartbeats(self, receiver_name: str) -> None:
-        """Watch every peer; tell our receiver when one stays silent past the peer timeout."""
-        import ray
+    def _ping_until(self, peer: str, deadline: float) -> str:
+        """'' once `peer` answers a PING; else why not, at the deadline."""
+        try:
+            with_retries(lambda: self._ping(peer, 2.0), deadline=deadline, transient=_transient,
+                         first_delay_s=0.2, max_delay_s=0.5)
+            return ""
+        except FedRefusedError as exc:
+            return f"refused: {exc.detail}"
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
 
-        self._receiver = ray.get_actor(receiver_name)
+    async def start_heartbeats(self) -> None:
+        """Watch every peer; report one that stays silent past the peer timeout."""
         now = time.monotonic()
         self._last_seen = {p: now for p in self._addresses}
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
-    async def bye(self, counts: dict[str, int], timeout_s: float, unseen_timeout_s: float) -> None:
-        """Tell each peer how many values we sent it, so it never waits for more. One
+    async def bye(self, next_ordinals: dict[str, int], deadline: float) -> None:
+        """Tell each peer where our channel to it ends, so it never waits for more. One
         attempt for a peer that answered before (if it is gone, it finished or died); a
-        peer that never answered may still be starting: retry it up to the longer timeout."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *[
-                loop.run_in_executor(
-                    self._pool, self._bye_one, p, counts.get(p, 0),
-                    timeout_s, 0.0 if p in self._ever_seen else unseen_timeout_s,
-                )
-                for p in self._addresses
-                if p not in self._lost
-            ]
-        )
+        peer that never answered may still be starting: retry it until `deadline`. No BYE
+        to a peer that already finished or is lost."""
+        peers = [p for p in self._addresses if p not in self._lost and p not in self._finished]
+        await asyncio.gather(*[
+            self._control.run(self._bye_one, p,
+                              max(next_ordinals.get(p, 0), self._next_ordinal.get(p, 0)),
+                              time.monotonic() if p in self._ever_seen else deadline)
+            for p in peers
+        ])
 
     async def stop(self) -> None:
         self._closed.set()
@@ -207,48 +256,56 @@ class SenderProxy:
                     idle.get_nowait().close()
                 except queue.Empty:
                     break
-        self._pool.shutdown(wait=False)  # hosted in the driver (tcp.py): free its threads
+        for workers in (*self._data.values(), self._control, self._beats):
+            workers.close()
 
     async def stats(self) -> dict[str, Any]:
-        return {
-            "sent_values": dict(self._sent_values),
-            "sent_bytes": dict(self._sent_bytes),
-            "retries": self._retries,
-            "refused": self._refused,
-            "failed": self._failed,
-            "lost_peers": sorted(self._lost),
-            "heartbeat_errors": dict(self._heartbeat_errors),
-        }
+        with self._lock:
+            return {
+                "sent_values": dict(self._sent_values),
+                "sent_bytes": dict(self._sent_bytes),
+                "retries": self._retries,
+                "refused": self._refused,
+                "failed": self._failed,
+                "lost_peers": sorted(self._lost),
+                "finished_peers": sorted(self._finished),
+                "heartbeat_errors": dict(self._heartbeat_errors),
+            }
 
-    # ---- internals -------------------------------------------------------------------------
+    # ---- internals (worker threads) --------------------------------------------------------
 
-    async def _fail_locally(self, error: FedError) -> None:
-        import ray
+    def _check_peer(self, key: MessageKey) -> None:
+        """Give up on a send at once when its peer can no longer take it."""
+        if key.dst in self._finished:
+            raise FedPeerUnavailableError(
+                key.dst, f"finished without consuming value #{key.ordinal} ({key.producer()})"
+            )
+        if key.dst in self._lost:
+            raise FedPeerUnavailableError(key.dst, f"lost while sending {key.producer()}")
 
-        from fed.transport.tcp import receiver_name
-
-        try:
-            receiver = self._receiver or ray.get_actor(receiver_name(self._job, self._party))
-            await receiver.fail.remote(error)
-        except Exception:
-            pass
-
-    def _push(self, key: MessageKey, kind: str, value: Any) -> dict[str, Any]:
-        """Check the perimeter, serialize once, stream with retries, audit the outcome."""
+    def _serialize(self, key: MessageKey, value: Any) -> tuple[bytes, list]:
         if self._egress_allowed is not None and key.dst not in self._egress_allowed:
-            self._audit_record(key, kind, "denied", 0, None)
             raise FedEgressDenied(
                 f"party {self._party!r} may not send {key.producer()} to {key.dst!r}: not in "
                 f"config['egress']['allowed_parties'] {sorted(self._egress_allowed)}"
             )
         try:
-            pickled, buffers = serialization.dumps(value)
+            return serialization.dumps(value)
         except FedSerializationError:
             raise
         except Exception as exc:
             raise FedSerializationError(
                 f"cannot serialize {key.producer()} for party {key.dst!r}: {exc}"
             ) from None
+
+    def _push(self, key: MessageKey, kind: str, value: Any) -> dict[str, Any]:
+        """Check the perimeter, serialize once, stream with retries, audit the outcome."""
+        self._check_peer(key)
+        try:
+            pickled, buffers = self._serialize(key, value)
+        except FedEgressDenied:
+            self._audit_record(key, kind, "denied", 0, None)
+            raise
         sizes = [len(pickled)] + [b.nbytes for b in buffers]
         total = sum(sizes)
         if self._max_message is not None and total > self._max_message:
@@ -262,12 +319,13 @@ class SenderProxy:
         )
         parts = [pickled, *buffers]
         digest = payload_digest(parts) if self._audit is not None else None
-        started: list[bool] = []  # set once bytes may have left (for the audit log)
+        started = threading.Event()  # set once bytes may have left (for the audit log)
 
         def use(conn: _Connection) -> dict[str, Any]:
             check_advertised(conn.limits, key.dst, len(header) - wire.HEAD_SIZE, sizes, self._chunk)
-            started.append(True)
-            reply = self._stream(conn, header, parts)
+            started.set()
+            wire.send_value(conn.sock, header, parts, self._chunk)
+            reply = self._reply(conn)
             if reply.get("_refused") and reply.get("reason") == "busy":
                 conn.close()
                 raise ReceiverBusy(f"{key.dst!r} is busy: {reply.get('detail', '')}")
@@ -278,37 +336,46 @@ class SenderProxy:
             reply = self._send_with_retries(key, use)
             if reply.get("_refused"):
                 status = "refused"
-                self._refused += 1
+                with self._lock:
+                    self._refused += 1
                 raise refused_error(reply.get("reason", "?"), reply.get("detail", ""))
             status = "duplicate" if reply.get("duplicate") else "sent"
         finally:
-            if started:
+            if started.is_set():
                 self._audit_record(key, kind, status, total, digest)
-        self._last_seen[key.dst] = time.monotonic()  # an ACK is proof of life too
-        self._ever_seen.add(key.dst)
-        self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
-        self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
+        self._seen(key.dst)  # an ACK is proof of life too
+        with self._lock:
+            self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
+            self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
         return {"bytes": total, "duplicate": bool(reply.get("duplicate"))}
 
+    def _seen(self, peer: str) -> None:
+        self._last_seen[peer] = time.monotonic()
+        self._ever_seen.add(peer)
+
     def _send_with_retries(self, key: MessageKey, use) -> dict[str, Any]:
+        """The deadline starts here, on this peer's own thread: time queued behind other
+        sends to the peer does not count against timeout_in_ms."""
         deadline = time.monotonic() + self._timeout_s
-        delay = 0.05
-        while True:
-            try:
-                return self._with_connection(key.dst, use, deadline)
-            except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
-                if key.dst in self._lost:
-                    raise FedPeerUnavailableError(
-                        key.dst, f"lost while sending {key.producer()}: {exc}"
-                    ) from None
-                if self._closed.is_set() or time.monotonic() + delay > deadline:
-                    raise FedTransportError(
-                        f"gave up sending to {key.dst!r} after {self._timeout_s:.0f} s "
-                        f"(timeout_in_ms): {exc}"
-                    ) from None
+
+        def abort(_exc: BaseException) -> None:
+            self._check_peer(key)
+            if self._closed.is_set():
+                raise FedTransportError(f"shut down while sending to {key.dst!r}")
+
+        def retried(_exc: BaseException) -> None:
+            with self._lock:
                 self._retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+
+        try:
+            return with_retries(lambda: self._with_connection(key.dst, use, deadline),
+                                deadline=deadline, transient=_transient, abort=abort,
+                                on_retry=retried)
+        except _NETWORK_ERRORS as exc:
+            raise FedTransportError(
+                f"gave up sending to {key.dst!r} after {self._timeout_s:.0f} s "
+                f"(timeout_in_ms): {exc}"
+            ) from None
 
     def _audit_record(self, key: MessageKey, kind: str, status: str, nbytes: int,
                       digest: Optional[str]) -> None:
@@ -324,10 +391,6 @@ class SenderProxy:
             self._log.error("could not write the egress audit log %s: %s (record: %s %s to %r)",
                             self._audit.path, exc, status, key.producer(), key.dst)
 
-    def _stream(self, conn: _Connection, header: bytes, parts: list) -> dict[str, Any]:
-        wire.send_value(conn.sock, header, parts, self._chunk)
-        return self._reply(conn)
-
     def _reply(self, conn: _Connection) -> dict[str, Any]:
         ftype, body = wire.read_control(conn.sock, 1024 * 1024)
         if ftype == wire.REFUSE:
@@ -339,26 +402,20 @@ class SenderProxy:
 
     def _with_connection(self, peer: str, use, deadline: float):
         """Run `use(conn)` on an idle or new connection; discard it if it breaks."""
-        slots = self._slots[peer]
-        if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(f"no free connection to {peer!r} before the deadline")
         try:
-            try:
-                conn = self._idle[peer].get_nowait()
-            except queue.Empty:
-                conn = self._connect(peer, max(0.5, deadline - time.monotonic()))
-            try:
-                result = use(conn)
-            except BaseException:
-                conn.close()
-                raise
-            if result.get("_refused"):
-                conn.close()  # the receiver closes after a refusal
-            else:
-                self._idle[peer].put(conn)
-            return result
-        finally:
-            slots.release()
+            conn = self._idle[peer].get_nowait()
+        except queue.Empty:
+            conn = self._connect(peer, max(0.5, deadline - time.monotonic()))
+        try:
+            result = use(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if result.get("_refused") or self._closed.is_set():
+            conn.close()  # the receiver closes after a refusal
+        else:
+            self._idle[peer].put(conn)
+        return result
 
     def _connect(self, peer: str, timeout_s: float) -> _Connection:
         host, port = self._addresses[peer]
@@ -376,7 +433,8 @@ class SenderProxy:
             )
             ftype, body = wire.read_control(sock, 64 * 1024)
             if ftype == wire.REFUSE:
-                self._refused += 1
+                with self._lock:
+                    self._refused += 1
                 raise refused_error(str(body.get("reason", "?")), str(body.get("detail", "")))
             if ftype != wire.WELCOME:
                 raise wire.ProtocolError(f"expected WELCOME, got {wire.NAMES.get(ftype, ftype)}")
@@ -387,115 +445,115 @@ class SenderProxy:
             sock.close()
             raise
 
-    def _control(self, peer: str, ftype: int, body: dict, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-
-        def use(conn: _Connection) -> dict[str, Any]:
-            wire.send_control(conn.sock, ftype, body)
-            return self._reply(conn)
-
-        return self._with_connection(peer, use, deadline)
-
-    def _ping(self, peer: str, timeout_s: float) -> tuple[bool, str]:
-        try:
-            conn = self._connect(peer, timeout_s)
-        except FedRefusedError as exc:
-            return False, f"refused: {exc.detail}"
-        except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
-            return False, str(exc) or type(exc).__name__
+    def _control_frame(self, peer: str, ftype: int, body: dict, timeout_s: float) -> dict:
+        """One control frame on a fresh connection: never queued behind a data transfer."""
+        conn = self._connect(peer, timeout_s)
         try:
             conn.sock.settimeout(timeout_s)
-            wire.send_control(conn.sock, wire.PING, {})
-            ftype, _ = wire.read_control(conn.sock, 1024)
-            return ftype == wire.PONG, "unexpected answer to PING"
-        except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
-            return False, str(exc) or type(exc).__name__
+            wire.send_control(conn.sock, ftype, body)
+            reply = self._reply(conn)
         finally:
             conn.close()
+        if reply.get("_refused"):
+            raise refused_error(str(reply.get("reason", "?")), str(reply.get("detail", "")))
+        return reply
 
-    def _bye_one(self, peer: str, sent: int, timeout_s: float, retry_for_s: float) -> None:
-        deadline = time.monotonic() + retry_for_s
-        while True:
-            try:
-                self._control(peer, wire.BYE, {"sent": sent}, timeout_s)
-                return
-            except (OSError, wire.PeerClosed, wire.ProtocolError) as exc:
-                if time.monotonic() + 0.2 > deadline:  # the peer may have finished already
-                    self._log.debug("BYE to %r not delivered: %s", peer, exc)
-                    return
-                time.sleep(0.2)
-            except Exception as exc:
-                self._log.debug("BYE to %r not delivered: %s", peer, exc)
-                return
+    def _ping(self, peer: str, timeout_s: float) -> None:
+        self._control_frame(peer, wire.PING, {}, timeout_s)
+        self._seen(peer)
+
+    def _bye_one(self, peer: str, next_ordinal: int, deadline: float) -> None:
+        body = {"sent": next_ordinal}  # ordinals below this were sent (or vetoed)
+        try:
+            with_retries(lambda: self._control_frame(peer, wire.BYE, body, 5.0),
+                         deadline=deadline, transient=_transient,
+                         abort=lambda _e: self._bye_abort(peer), first_delay_s=0.2,
+                         max_delay_s=0.5)
+        except Exception as exc:  # the peer may have finished already
+            self._log.debug("BYE to %r not delivered: %s", peer, exc)
+
+    def _bye_abort(self, peer: str) -> None:
+        if peer in self._finished:
+            raise FedPeerUnavailableError(peer, "finished")
+
+    # ---- heartbeats (on the loop; PINGs on the heartbeat threads) ---------------------------
+
+    def _beat(self, conns: dict, peer: str, status: dict[str, Any], timeout_s: float) -> bool:
+        """One PING on the peer's heartbeat connection; False (and the reason kept) on failure."""
+        conn = conns.get(peer)
+        try:
+            if conn is None:
+                conn = conns[peer] = self._connect(peer, timeout_s)
+            conn.sock.settimeout(timeout_s)
+            wire.send_control(conn.sock, wire.PING, status)
+            ftype, _ = wire.read_control(conn.sock, 1024)
+            return ftype == wire.PONG
+        except Exception as exc:
+            self._heartbeat_errors[peer] = str(exc) or type(exc).__name__
+            if conn is not None:
+                conn.close()
+            conns[peer] = None
+            return False
+
+    def _status_for(self, peer: str, waiting: dict) -> dict[str, Any]:
+        """What a PING carries: our next ordinal to the peer, what we wait for from it, and
+        the values we are about to send it (the peer uses these to detect diverged code)."""
+        pending = sorted(self._undelivered.get(peer, {}).items())[:32]
+        return {
+            "issued": self._next_ordinal.get(peer, 0),
+            "waiting": waiting.get(peer, [])[:32],
+            "pending": [k for _o, k in pending],
+        }
 
     async def _heartbeat_loop(self) -> None:
-        """PING every peer each second, carrying what we wait for from it and how many
-        values we issued to it (the peer uses both to detect diverged code that would
-        otherwise deadlock). A peer never seen yet gets `startup_timeout_s`."""
-        loop = asyncio.get_running_loop()
-        conns: dict[str, Optional[_Connection]] = {p: None for p in self._addresses}
-        last_error = self._heartbeat_errors
-        ever_seen = self._ever_seen
+        """PING every live peer each second. A peer never seen yet gets `startup_timeout_s`;
+        a peer that finished is no longer watched."""
+        conns: dict[str, Optional[_Connection]] = {}
         started = time.monotonic()
         # Generous per-beat timeouts: a loaded machine must not look like a dead peer.
         beat_timeout = max(2.0, self._peer_timeout_s / 3)
-
-        def beat(peer: str, status: dict[str, Any]) -> bool:
-            conn = conns[peer]
-            try:
-                if conn is None:
-                    conn = conns[peer] = self._connect(peer, beat_timeout)
-                conn.sock.settimeout(beat_timeout)
-                wire.send_control(conn.sock, wire.PING, status)
-                ftype, _ = wire.read_control(conn.sock, 1024)
-                return ftype == wire.PONG
-            except Exception as exc:
-                last_error[peer] = str(exc) or type(exc).__name__
+        try:
+            while not self._closed.is_set():
+                try:
+                    waiting = await asyncio.wait_for(
+                        self._hooks.local_status(dict(self._next_ordinal)), beat_timeout)
+                except Exception:
+                    waiting = {}
+                peers = [p for p in self._addresses if p not in self._finished]
+                results = await asyncio.gather(*[
+                    self._beats.run(self._beat, conns, p, self._status_for(p, waiting),
+                                    beat_timeout)
+                    for p in peers
+                ])
+                for peer, ok in zip(peers, results):
+                    await self._after_beat(peer, ok, started)
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+        finally:
+            for conn in conns.values():
                 if conn is not None:
                     conn.close()
-                conns[peer] = None
-                return False
 
-        while not self._closed.is_set():
-            try:
-                waiting = await self._receiver.heartbeat_status.remote(dict(self._issued))
-            except Exception:
-                waiting = {}
-            peers = list(self._addresses)
-            statuses = [
-                {
-                    "issued": self._issued.get(p, 0),
-                    "waiting": waiting.get(p, [])[:32],
-                    "pending": [k for _o, k in sorted(self._undelivered.get(p, {}).items())[:32]],
-                }
-                for p in peers
-            ]
-            results = await asyncio.gather(
-                *[loop.run_in_executor(None, beat, p, st) for p, st in zip(peers, statuses)]
-            )
-            now = time.monotonic()
-            for peer, ok in zip(peers, results):
-                if ok:
-                    self._last_seen[peer] = now
-                    ever_seen.add(peer)
-                    if peer in self._lost:
-                        self._lost.discard(peer)
-                        self._log.info("party %r answers again", peer)
-                        await self._receiver.peer_back.remote(peer)
-                    continue
-                limit = self._peer_timeout_s if peer in ever_seen else self._startup_timeout_s
-                silent = now - (self._last_seen[peer] if peer in ever_seen else started)
-                if peer not in self._lost and silent > limit:
-                    self._lost.add(peer)
-                    self._log.error("party %r has not answered for %.1f s", peer, silent)
-                    what = "peer_timeout_s" if peer in ever_seen else "startup_timeout_s"
-                    await self._receiver.peer_lost.remote(
-                        peer,
-                        f"no answer for {silent:.1f} s ({what}={limit:g}); the process may "
-                        "have died, not started, or the network between the parties is cut. "
-                        f"Last error: {last_error.get(peer, 'none')}",
-                    )
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-        for conn in conns.values():
-            if conn is not None:
-                conn.close()
+    async def _after_beat(self, peer: str, ok: bool, started: float) -> None:
+        if ok:
+            self._seen(peer)
+            if peer in self._lost:
+                self._lost.discard(peer)
+                self._log.info("party %r answers again", peer)
+                await self._hooks.peer_back(peer)
+            return
+        if peer in self._finished or peer in self._lost:
+            return  # its BYE may have arrived while this beat failed
+        seen = peer in self._ever_seen
+        limit = self._peer_timeout_s if seen else self._startup_timeout_s
+        silent = time.monotonic() - (self._last_seen[peer] if seen else started)
+        if silent <= limit:
+            return
+        self._lost.add(peer)
+        self._log.error("party %r has not answered for %.1f s", peer, silent)
+        what = "peer_timeout_s" if seen else "startup_timeout_s"
+        await self._hooks.peer_lost(
+            peer,
+            f"no answer for {silent:.1f} s ({what}={limit:g}); the process may have died, "
+            "not started, or the network between the parties is cut. Last error: "
+            f"{self._heartbeat_errors.get(peer, 'none')}",
+        )

@@ -15,7 +15,7 @@ import concurrent.futures
 import socket
 import threading
 import time
-from typing import Any, Coroutine, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 import ray
 
@@ -24,17 +24,13 @@ from fed.errors import FedError, FedPeerUnavailableError
 from fed.transport.base import MessageKey, Transport
 from fed.transport.placement import receiver_placement
 from fed.transport.receiver import ReceiverProxy
-from fed.transport.sender import SenderProxy
+from fed.transport.sender import SenderHooks, SenderProxy
 
 _PRUNE_EVERY = 256
 
 
 def receiver_name(job: str, party: str) -> str:
     return f"fed-receiver/{job}/{party}"
-
-
-def sender_name(job: str, party: str) -> str:
-    return f"fed-sender/{job}/{party}"
 
 
 def _check_listen(party: str, host: str, port: int) -> None:
@@ -93,12 +89,14 @@ class _Hosted:
 class TcpTransport(Transport):
     """Drives this party's receiver actor and hosts its sender, from the driver."""
 
-    def __init__(self, config: FedConfig) -> None:
+    def __init__(
+        self, config: FedConfig, on_send_failed: Optional[Callable[[FedError], None]] = None
+    ) -> None:
         self._config = config
+        self._on_send_failed = on_send_failed
         self._receiver = None
         self._sender = None
         self._pending: list = []
-        self._sent_counts: dict[str, int] = {}
         self._start_error: Optional[BaseException] = None
 
     def start(self) -> None:
@@ -148,34 +146,59 @@ class TcpTransport(Transport):
         }
         # comm.send_resource_label has nothing to place: the sender runs in the driver.
         try:
-            self._sender = _Hosted(
-                SenderProxy(cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict), "fed-sender"
+            sender = SenderProxy(
+                cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict, self._sender_hooks()
             )
+            self._sender = _Hosted(sender, "fed-sender")
         except BaseException:
             self._kill()
             raise
         self._receiver.start.remote().future().add_done_callback(self._on_receiver_started)
-        sender = self._sender.obj
-        self._sender.call(sender.start_heartbeats(receiver_name(cfg.job_name, cfg.party)))
+        self._sender.call(sender.start_heartbeats())
         self._sender.submit(self._relay_notices())
         atexit.register(self._flush_at_exit)
 
+    def _sender_hooks(self) -> SenderHooks:
+        """The sender's view of this party: it reaches our receiver only through these."""
+
+        async def local_status(issued: dict) -> dict:
+            return await self._receiver.heartbeat_status.remote(issued)
+
+        async def peer_lost(peer: str, detail: str) -> None:
+            await self._receiver.peer_lost.remote(peer, detail)
+
+        async def peer_back(peer: str) -> None:
+            await self._receiver.peer_back.remote(peer)
+
+        def send_failed(error: FedError) -> None:
+            if self._on_send_failed is not None:
+                self._on_send_failed(error)
+
+        return SenderHooks(local_status, peer_lost, peer_back, send_failed)
+
     def _flush_at_exit(self) -> None:
-        """A driver that ends without fed.shutdown still delivers what it already sent
-        (bounded): the sender's threads live in this process and end with it."""
+        """A driver that ends without fed.shutdown still delivers what it sent, including
+        values that become ready during this flush (bounded): the sender's worker threads
+        are its own, not an executor that interpreter exit has already closed."""
         pending = [f for f in self._pending if not f.done()]
         if pending:
             limit = min(self._config.comm.shutdown_flush_timeout_s, 10.0)
             concurrent.futures.wait(pending, timeout=limit)
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
-        self._sent_counts[key.dst] = self._sent_counts.get(key.dst, 0) + 1
         self._pending.append(self._sender.submit(self._sender.obj.send(key.to_dict(), [ref])))
         if len(self._pending) >= _PRUNE_EVERY:
             self._pending = [f for f in self._pending if not f.done()]
 
+    def vetoed(self, key: MessageKey, reason: str) -> None:
+        notice = {"kind": "send_failed", "key": key.to_dict(),
+                  "text": f"value #{key.ordinal} ({key.producer()}) will not come: {reason}"}
+        retry_s = self._config.comm.timeout_in_ms / 1000.0  # as long as a send would try
+        self._pending.append(self._sender.submit(self._sender.obj.notify(key.dst, notice, retry_s)))
+
     async def _relay_notices(self) -> None:
-        """Deliver the notices our receiver has for peers (e.g. a divergence report)."""
+        """Deliver the notices our receiver has for peers (e.g. a divergence report), and
+        tell the sender which peers said BYE (notices addressed to no peer)."""
         while self._receiver is not None:
             try:
                 notices = await self._receiver.next_notices.remote()
@@ -184,6 +207,10 @@ class TcpTransport(Transport):
             if not notices:
                 return
             for peer, notice in notices:
+                if peer is None:
+                    if notice.get("kind") == "peer_finished":
+                        self._sender.obj.peer_finished(str(notice.get("peer")))
+                    continue
                 await self._sender.obj.notify(peer, notice)
 
     def _on_receiver_started(self, fut: concurrent.futures.Future) -> None:
@@ -214,42 +241,54 @@ class TcpTransport(Transport):
                 "config['cross_silo_comm']['startup_timeout_s']",
             )
 
-    def stop(self, flush_timeout_s: float) -> list[BaseException]:
-        """Flush sends (bounded), say BYE, stop the server. Returns the send failures seen."""
-        failures: list[BaseException] = []
+    def stop(
+        self,
+        flush_timeout_s: float,
+        *,
+        next_ordinals: Optional[dict[str, int]] = None,
+        aborted: bool = False,
+    ) -> list[BaseException]:
+        """Flush sends, say BYE (not after an aborted fed.init), stop the server, all
+        within `flush_timeout_s` (plus a few seconds to stop the receiver). Returns the
+        send failures seen."""
         if self._sender is None:
-            return failures
+            return []
         atexit.unregister(self._flush_at_exit)
         deadline = time.monotonic() + flush_timeout_s
+        failures = self._flush(flush_timeout_s)
+        if not aborted:
+            ordinals = dict(next_ordinals or {})
+            try:
+                self._sender.call(self._sender.obj.bye(ordinals, deadline),
+                                  timeout=max(0.0, deadline - time.monotonic()) + 6)
+            except Exception:
+                pass
+        try:
+            self._sender.call(self._sender.obj.stop(), timeout=5)
+        except Exception:
+            pass
+        try:
+            ray.get(self._receiver.stop.remote(),
+                    timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+        except Exception:
+            pass
+        self._kill()
+        return failures
+
+    def _flush(self, timeout_s: float) -> list[BaseException]:
+        failures: list[BaseException] = []
         if self._pending:
-            done, not_done = concurrent.futures.wait(self._pending, timeout=flush_timeout_s)
+            done, not_done = concurrent.futures.wait(self._pending, timeout=timeout_s)
             for fut in done:
-                exc = fut.exception()
+                exc = fut.exception() if not fut.cancelled() else None
                 if exc is not None:
                     failures.append(exc)
             if not_done:
                 failures.append(
                     FedError(f"{len(not_done)} value(s) were still being sent after "
-                             f"{flush_timeout_s:g} s (shutdown_flush_timeout_s) and were dropped")
+                             f"{timeout_s:g} s (shutdown_flush_timeout_s) and were dropped")
                 )
         self._pending = []
-        try:
-            remaining = max(1.0, deadline - time.monotonic())
-            self._sender.call(
-                self._sender.obj.bye(self._sent_counts, min(5.0, remaining), remaining),
-                timeout=remaining + 5,
-            )
-        except Exception:
-            pass
-        try:
-            self._sender.call(self._sender.obj.stop(), timeout=10)
-        except Exception:
-            pass
-        try:
-            ray.get(self._receiver.stop.remote(), timeout=10)
-        except Exception:
-            pass
-        self._kill()
         return failures
 
     def _kill(self) -> None:
