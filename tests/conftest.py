@@ -107,3 +107,12 @@ def nothing_left_at_the_end():
                 proc.kill()
             except psutil.Error:
                 pass
+
+
+@pytest.fixture
+def port_lease():
+    """Ports reserved for one test (fed/cli/ports.py), released when it ends."""
+    from fed.cli.ports import PortLease
+
+    with PortLease() as lease:
+        yield lease

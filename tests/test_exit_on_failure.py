@@ -16,7 +16,6 @@ import time
 import psutil
 import pytest
 
-from multiparty import local_addresses
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,10 +73,10 @@ def _session_processes(sid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("form", ["sleep", "fed.get", "busy"])
-def test_failed_send_runs_handler_and_exits_1_while_main_thread_blocks(form, tmp_path):
+def test_failed_send_runs_handler_and_exits_1_while_main_thread_blocks(form, tmp_path, port_lease):
     marker = tmp_path / "handler.txt"
     script = SCRIPT.format(tests=TESTS, marker=str(marker), form=form,
-                           addresses=local_addresses(["alice", "bob"]))
+                           addresses=port_lease.addresses(["alice", "bob"]))
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fed
-from multiparty import assert_all_ok, describe, local_addresses, run_parties, start_ray
+from multiparty import assert_all_ok, describe, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -133,8 +133,8 @@ def init_fails_in_alice(party, addresses):
 
 
 def test_failed_init_is_not_reported_to_peers_as_finished():
-    addresses = local_addresses(["alice", "bob", "carol"])  # carol never starts
-    outcomes = run_parties(init_fails_in_alice, ["alice", "bob"], addresses=addresses)
+    outcomes = run_parties(init_fails_in_alice, ["alice", "bob"],  # carol never starts
+                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]))
     assert_all_ok(outcomes)
     assert outcomes["alice"].result == ("init failed", "carol"), describe(outcomes)
     kind, text, waited = outcomes["bob"].result
@@ -280,12 +280,12 @@ if {party!r} == "bob":
 """
 
 
-def test_value_ready_after_the_last_line_is_delivered_without_shutdown():
+def test_value_ready_after_the_last_line_is_delivered_without_shutdown(port_lease):
     import os
     import subprocess
     import sys
 
-    addresses = local_addresses(["alice", "bob"])
+    addresses = port_lease.addresses(["alice", "bob"])
     tests = os.path.dirname(os.path.abspath(__file__))
     procs = {
         party: subprocess.Popen(
@@ -330,13 +330,12 @@ def sends_around_a_cut_peer(party, addresses, n_to_bob):
     return got
 
 
-def test_unreachable_peer_does_not_delay_sends_to_another_peer():
+def test_unreachable_peer_does_not_delay_sends_to_another_peer(port_lease):
     import threading
 
-    from multiparty import free_ports
     from relay import Relay
 
-    bob_port, relay_port, alice_port, carol_port = free_ports(4)
+    bob_port, relay_port, alice_port, carol_port = port_lease.reserve(4)
     addresses = {
         "alice": f"127.0.0.1:{alice_port}",
         "bob": {"address": f"127.0.0.1:{relay_port}", "listen_addr": f"127.0.0.1:{bob_port}"},

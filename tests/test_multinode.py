@@ -25,7 +25,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from multiparty import assert_all_ok, local_addresses, run_parties
+from fed.cli.ports import PortLease
+from multiparty import assert_all_ok, run_parties
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -176,9 +177,14 @@ def _party(party: str, addresses: dict, gcs: str) -> dict:
 
 
 def test_party_on_a_two_node_cluster_exchanges_values_both_ways(two_node_cluster: str) -> None:
-    addresses = {**local_addresses(["alice"], host=SECOND_NODE_IP), **local_addresses(["bob"])}
-    outcomes = run_parties(_party, ["alice", "bob"], addresses=addresses, args=(two_node_cluster,),
-                           timeout=180)
+    second_node_ports = PortLease(host=SECOND_NODE_IP)
+    try:
+        outcomes = run_parties(
+            _party, ["alice", "bob"], args=(two_node_cluster,), timeout=180,
+            addresses=lambda lease: {**second_node_ports.addresses(["alice"]),
+                                     **lease.addresses(["bob"])})
+    finally:
+        second_node_ports.release()
     assert_all_ok(outcomes)
     alice, bob = outcomes["alice"].result, outcomes["bob"].result
     second, driver = alice["second_node"], alice["driver_node"]
