@@ -56,11 +56,10 @@ def init(
         )
     _log.configure(logging_level)
     default_job = job_name is None and not os.environ.get(_JOB_NAME_ENV)
-    if job_name is None:
-        job_name = os.environ.get(_JOB_NAME_ENV) or None
     cfg = build_config(
         party=party, addresses=addresses, cluster=cluster, config=config,
-        tls_config=tls_config, job_name=job_name, mode=mode,
+        tls_config=tls_config, job_name=job_name or os.environ.get(_JOB_NAME_ENV) or None,
+        mode=mode,
     )
     log = _log.party_logger(cfg.party if cfg.mode == "production" else "simulation", cfg.job_name)
     if default_job and cfg.mode == "production" and len(cfg.parties) > 1:
@@ -70,17 +69,33 @@ def init(
             "unique to the run to fed.init in every party, or start the parties with "
             "`fed run` (it sets %s).", cfg.job_name, _JOB_NAME_ENV,
         )
+    started_ray = _start_ray(address, log)
+    failures = SendFailurePolicy(sending_failure_handler, cfg.comm.exit_on_sending_failure, log)
+    transport = _start_transport(cfg, failures, started_ray)
+    _context.set_current(_context.FedContext(
+        config=cfg, transport=transport, log=log, started_ray=started_ray,
+        sending_failure_handler=sending_failure_handler, send_failures=failures,
+    ))
+    log.info(
+        "joined job %r as %r (%s mode) with parties %s",
+        cfg.job_name, cfg.party, cfg.mode,
+        {p: str(a.address) for p, a in cfg.parties.items()},
+    )
 
-    started_ray = False
+
+def _start_ray(address: Optional[str], log: logging.LoggerAdapter) -> bool:
+    """Start this party's Ray cluster unless the caller did; True if we started it."""
     if not ray.is_initialized():
         ray.init(address=address or "local", include_dashboard=False, configure_logging=False)
-        started_ray = True
-    elif address not in (None, "local"):
+        return True
+    if address not in (None, "local"):
         log.warning("Ray is already initialised in this process; ignoring address=%r", address)
+    return False
 
-    failures = SendFailurePolicy(
-        sending_failure_handler, cfg.comm.exit_on_sending_failure, log
-    )
+
+def _start_transport(cfg: Any, failures: SendFailurePolicy, started_ray: bool) -> Any:
+    """The channel for `cfg.mode`, started (and the peers awaited if asked); on failure
+    everything started is undone and peers are not told this party finished."""
     if cfg.mode == "simulation":
         from fed.transport.local import LocalTransport
 
@@ -98,16 +113,7 @@ def init(
         if started_ray:
             ray.shutdown()
         raise
-    ctx = _context.FedContext(
-        config=cfg, transport=transport, log=log, started_ray=started_ray,
-        sending_failure_handler=sending_failure_handler, send_failures=failures,
-    )
-    _context.set_current(ctx)
-    log.info(
-        "joined job %r as %r (%s mode) with parties %s",
-        cfg.job_name, cfg.party, cfg.mode,
-        {p: str(a.address) for p, a in cfg.parties.items()},
-    )
+    return transport
 
 
 def shutdown() -> None:

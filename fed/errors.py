@@ -188,11 +188,12 @@ def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -
     if isinstance(cause, FedRemoteError):
         return cause
     cause_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
-    if isinstance(cause, FedError):
-        # rayfed's own errors describe the channel (parties, calls), never user data.
-        return FedRemoteError(party, call, cause_type, str(cause))
     if not expose:
+        # Even rayfed's own errors can quote user data (an egress policy's exception, a
+        # refused class name): without expose_error_trace only the type leaves.
         return FedRemoteError(party, call, cause_type)
+    if isinstance(cause, FedError):
+        return FedRemoteError(party, call, cause_type, str(cause))
     # Ray keeps the task's own stack as text; the unpickled cause has lost its frames.
     tb = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
     return FedRemoteError(party, call, cause_type, str(cause), tb)

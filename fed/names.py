@@ -14,6 +14,7 @@ PARTY_ENV = "RAYFED_PARTY"
 MODE_ENV = "RAYFED_MODE"
 TLS_DIR_ENV = "RAYFED_TLS_DIR"  # a `fed certs` directory
 JOB_NAME_ENV = "RAYFED_JOB_NAME"  # a fresh job name per `fed run`
+JOB_SECRET_ENV = "RAYFED_JOB_SECRET"  # authenticates HELLOs without TLS (fed/transport/proof.py)
 
 #: A certificate names party ``p`` with the URI SubjectAlternativeName PARTY_URI_PREFIX + p.
 PARTY_URI_PREFIX = "rayfed://party/"

@@ -91,8 +91,9 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
         if ctx.executes(src):
             try:
                 check_egress(ctx.config, key)  # this party's data perimeter (fed/egress.py)
-            except FedEgressDenied as exc:
-                ctx.transport.vetoed(key, str(exc))  # dst's barrier on it must not wait
+            except FedEgressDenied:
+                # dst's barrier on it must not wait; the policy's reason stays here.
+                ctx.transport.vetoed(key, f"party {src!r}'s egress policy did not let it leave")
                 raise
             ctx.transport.send(key, obj._ref)
         if ctx.executes(dst):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import secrets
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import psutil
 
 from fed.cli.ports import PortLease
+from fed.names import JOB_SECRET_ENV
 
 _log = logging.getLogger("multiparty")
 
@@ -53,8 +55,9 @@ def start_ray(num_cpus: int = 2, object_store_memory: Optional[int] = None) -> N
     )
 
 
-def _child(fn: Callable, party: str, addresses: dict, args: tuple, conn) -> None:
+def _child(fn: Callable, party: str, addresses: dict, args: tuple, conn, secret: str) -> None:
     os.setsid()
+    os.environ[JOB_SECRET_ENV] = secret  # as `fed run` does: the run's parties share it
     started = time.monotonic()
     try:
         result = fn(party, addresses, *args)
@@ -166,9 +169,11 @@ def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, ti
     others would only wait for it): the caller reruns the scenario."""
     ctx = mp.get_context("spawn")
     procs, pipes = {}, {}
+    secret = os.environ.get(JOB_SECRET_ENV) or secrets.token_hex(32)
     for party in parties:
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(fn, party, addresses, args, send), daemon=False)
+        proc = ctx.Process(target=_child, args=(fn, party, addresses, args, send, secret),
+                           daemon=False)
         proc.start()
         send.close()
         procs[party], pipes[party] = proc, recv

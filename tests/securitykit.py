@@ -89,8 +89,15 @@ class Raw:
         except OSError:
             pass
 
-    def hello(self, src: str, job: str, dst: str) -> tuple[int, dict]:
-        self.control(wire.HELLO, {"proto": wire.PROTOCOL, "src": src, "job": job, "dst": dst})
+    def hello(self, src: str, job: str, dst: str,
+              secret: Optional[bytes] = None) -> tuple[int, dict]:
+        """HELLO as `src`; with `secret`, carrying the job-secret proof a sender adds."""
+        from fed.transport.proof import hello_proof
+
+        body = {"proto": wire.PROTOCOL, "src": src, "job": job, "dst": dst}
+        if secret is not None:
+            body["proof"] = hello_proof(secret, src, dst, job)
+        self.control(wire.HELLO, body)
         return self.read()
 
     def control(self, ftype: int, body: dict) -> None:
@@ -140,7 +147,7 @@ def pickled(value: Any) -> bytes:
 
 def start_receiver(party: str, job: str, parties: list[str], tls: Any = None, *,
                    allowlist: Any = None, max_message: Optional[int] = None,
-                   limits: Optional[dict] = None):
+                   limits: Optional[dict] = None, job_secret: Optional[bytes] = None):
     """A ReceiverProxy actor on a free loopback port: (actor, port)."""
     import ray
 
@@ -148,6 +155,7 @@ def start_receiver(party: str, job: str, parties: list[str], tls: Any = None, *,
 
     actor = ray.remote(ReceiverProxy).options(num_cpus=0, max_concurrency=1000).remote(
         party, job, parties, "127.0.0.1", 0, tls, allowlist, max_message, 4 * MIB, limits=limits,
+        job_secret=job_secret,
     )
     return actor, ray.get(actor.start.remote())
 

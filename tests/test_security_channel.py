@@ -523,13 +523,15 @@ def test_a_connection_flood_does_not_stop_a_peer_from_delivering_or_answering() 
 
 @pytest.mark.timeout(120)
 def test_one_peers_reports_fail_only_its_barriers_and_wire_errors_cannot_stop_the_loop() -> None:
-    job = "scoped"
-    bob, port = start_receiver("bob", job, PARTIES)
+    """A peer that holds the job secret (as an authenticated peer holds its certificate)
+    and reports failures: they fail the barriers waiting on it, nothing else."""
+    job, secret = "scoped", b"s3cret"
+    bob, port = start_receiver("bob", job, PARTIES, job_secret=secret)
     from_alice, from_carol = msg_key(job, "alice", "bob", 0), msg_key(job, "carol", "bob", 0)
     wait_alice, wait_carol = bob.get.remote(from_alice), bob.get.remote(from_carol)
     assert wait_until(lambda: ray.get(bob.stats.remote())["waiting"] == 2, 20)
-    with Raw(port) as c:  # without TLS anyone can claim to be carol
-        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+    with Raw(port) as c:
+        assert c.hello("carol", job, "bob", secret)[0] == wire.WELCOME
         c.control(wire.PING, {"issued": "x", "waiting": [[{}, 1]], "pending": [{"ordinal": []}]})
         assert c.read()[0] == wire.PONG  # ill-typed status: ignored
         c.control(wire.NOTICE, {"kind": "divergence", "text": "forged"})
@@ -542,22 +544,61 @@ def test_one_peers_reports_fail_only_its_barriers_and_wire_errors_cannot_stop_th
     with pytest.raises(fed.FedDivergenceError, match="forged"):
         ray.get(wait_carol)
     with Raw(port) as c:  # a value arriving after its barrier failed is dropped and released
-        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        assert c.hello("carol", job, "bob", secret)[0] == wire.WELCOME
         assert c.send_value(from_carol, pickled("late")) == (wire.ACK, {"ordinal": 0, "duplicate": True})
     assert held(bob) == {}
     assert not ray.wait([wait_alice], timeout=1.0)[0], "carol's reports failed alice's barrier"
     # A refusal decided on the header reaches a client that keeps streaming the body.
     with Raw(port) as c:
-        assert c.hello("alice", job, "bob")[0] == wire.WELCOME
+        assert c.hello("alice", job, "bob", secret)[0] == wire.WELCOME
         reply = c.send_value(msg_key("other-job", "alice", "bob", 5), b"\0" * (32 * MIB))
         assert refusal(reply) == "job_not_running"
     # An error value that is a SystemExit: the barrier fails, the event loop lives on.
     with Raw(port) as c:
-        assert c.hello("alice", job, "bob")[0] == wire.WELCOME
+        assert c.hello("alice", job, "bob", secret)[0] == wire.WELCOME
         assert c.send_value(from_alice, pickled(SystemExit(3)), kind="error")[0] == wire.ACK
     with pytest.raises(fed.FedError):
         ray.get(wait_alice, timeout=20)
     assert ray.get(bob.stats.remote(), timeout=20)["waiting"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_without_tls_or_a_job_secret_forged_control_frames_cannot_end_the_job() -> None:
+    """Without TLS anyone who reaches the port can claim to be carol: her BYE, NOTICE
+    and wait reports are then ignored (counted), and her barrier still gets the value."""
+    job = "unproven"
+    bob, port = start_receiver("bob", job, PARTIES)
+    from_carol = msg_key(job, "carol", "bob", 0)
+    wait_carol = bob.get.remote(from_carol)
+    assert wait_until(lambda: ray.get(bob.stats.remote())["waiting"] == 1, 20)
+    with Raw(port) as c:
+        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        c.control(wire.NOTICE, {"kind": "divergence", "text": "forged"})
+        assert c.read()[0] == wire.ACK
+        c.control(wire.BYE, {"sent": 0})
+        assert c.read()[0] == wire.ACK
+        c.control(wire.PING, {"issued": 0, "waiting": [],
+                              "pending": [msg_key(job, "carol", "bob", 0, call="elsewhere")]})
+        assert c.read()[0] == wire.PONG
+    assert ray.get(bob.stats.remote())["ignored_controls"] == 3
+    assert not ray.wait([wait_carol], timeout=1.0)[0], "a forged control frame failed a barrier"
+    with Raw(port) as c:
+        assert c.hello("carol", job, "bob")[0] == wire.WELCOME
+        assert c.send_value(from_carol, pickled("real"))[0] == wire.ACK
+    assert ray.get(wait_carol, timeout=20) == "real"
+
+
+@pytest.mark.timeout(120)
+def test_with_a_job_secret_a_hello_without_its_proof_is_refused() -> None:
+    job = "proven"
+    bob, port = start_receiver("bob", job, PARTIES, job_secret=b"right")
+    for secret in (None, b"wrong"):
+        with Raw(port) as c:
+            reply = c.hello("carol", job, "bob", secret)
+            assert refusal(reply) == "identity", reply
+            assert "RAYFED_JOB_SECRET" in reply[1]["detail"]
+    with Raw(port) as c:
+        assert c.hello("carol", job, "bob", b"right")[0] == wire.WELCOME
 
 
 def set_open_files_limit(actor, extra) -> int:
@@ -653,3 +694,29 @@ def declare_drop_and_deliver(alice, port: int, job: str) -> None:
         assert c.hello("bob", job, "alice")[0] == wire.WELCOME
         assert c.send_value(msg_key(job, "bob", "alice", 1), pickled("after"))[0] == wire.ACK
     assert ray.get(alice.get.remote(msg_key(job, "bob", "alice", 1))) == "after"
+
+
+# ---- the egress audit log is written before a value leaves -------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_value_whose_audit_record_cannot_be_written_does_not_leave(tmp_path: Path) -> None:
+    import json
+
+    job = "audit-ahead"
+    alice, port = start_receiver("alice", job, ["alice", "bob"])
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    log = logdir / "bob.jsonl"
+    sender = start_sender("bob", job, {"alice": port}, audit_log=str(log))
+    first = msg_key(job, "bob", "alice", 0)
+    ray.get(sender.send.remote(first, [ray.put("first")]))
+    assert ray.get(alice.get.remote(first)) == "first"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["status"] for r in records] == ["sending", "sent"], records
+    assert records[1]["attempts"] == 1 and records[0]["sha256"] == records[1]["sha256"]
+    log.unlink()
+    logdir.rmdir()  # the log can no longer be written
+    with pytest.raises(fed.FedEgressDenied, match="audit log"):
+        ray.get(sender.send.remote(msg_key(job, "bob", "alice", 1), [ray.put("second")]))
+    assert ray.get(alice.stats.remote())["received_values"] == {"bob": 1}

@@ -40,3 +40,11 @@ def test_peer_still_running_the_previous_job_is_waited_for():
     assert ray.get(answer) == {}
     print(f"\nLIFECYCLE | bob still runs the previous job when alice starts | "
           f"alice's barrier passed {time.monotonic() - started:.1f} s later, once bob's new job listened")
+
+
+def test_a_small_max_concurrency_cannot_starve_the_receivers_control_calls() -> None:
+    from fed.transport.tcp import MIN_RECEIVER_CONCURRENCY, receiver_concurrency
+
+    assert receiver_concurrency(None) == 10000
+    assert receiver_concurrency(10) == MIN_RECEIVER_CONCURRENCY  # e.g. from a RayFed config
+    assert receiver_concurrency(50000) == 50000

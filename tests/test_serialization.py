@@ -14,7 +14,6 @@ import pickle
 import random
 import subprocess
 import sys
-import textwrap
 import threading
 from os import system as reexported_system  # noqa: F401  (target of a wildcard test)
 from pathlib import Path

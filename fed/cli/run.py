@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,7 @@ from fed.names import (  # one definition of the variables fed.init reads
     PARTY_ENV as ENV_PARTY,
     TLS_DIR_ENV as ENV_TLS_DIR,
     JOB_NAME_ENV as ENV_JOB_NAME,
+    JOB_SECRET_ENV as ENV_JOB_SECRET,
 )
 SIMULATION_MODE = "simulation"
 
@@ -346,6 +348,9 @@ def run_parties(
     # A fresh job per run: a party left over from a previous run never takes this
     # run's values as its own (a job name set by the caller is kept).
     base_env.setdefault(ENV_JOB_NAME, f"fed-run-{uuid.uuid4().hex[:12]}")
+    # The parties of this run share a fresh secret: without TLS it proves to each
+    # receiver that a connection comes from this run (fed/transport/proof.py).
+    base_env.setdefault(ENV_JOB_SECRET, secrets.token_hex(32))
 
     old_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

@@ -7,6 +7,7 @@ all of them, and the connection is closed, never the receiver.
 from __future__ import annotations
 
 import logging
+import threading
 import mmap
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union
@@ -103,19 +104,26 @@ class RefusalLog:
     def __init__(self, log: logging.LoggerAdapter) -> None:
         self._log = log
         self._seen: set[tuple[str, Optional[str], str]] = set()
-        self.by_reason: dict[str, int] = {}
+        self._by_reason: dict[str, int] = {}
+        self._lock = threading.Lock()  # connection threads record concurrently
+
+    def by_reason_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_reason)
 
     def record(self, host: str, refusal: Refusal) -> None:
-        self.by_reason[refusal.reason] = self.by_reason.get(refusal.reason, 0) + 1
         kind = (host, refusal.party, refusal.reason)
-        if kind in self._seen or len(self._seen) >= _MAX_LOGGED_KINDS:
-            return
-        self._seen.add(kind)
-        self._log.warning(
-            "refused %s from %s (claims party %r, job %r): %s [logged once per peer and "
-            "reason; fed.stats() counts them all]",
-            refusal.reason, host, refusal.party, refusal.job, refusal.detail,
-        )
+        with self._lock:
+            self._by_reason[refusal.reason] = self._by_reason.get(refusal.reason, 0) + 1
+            first = kind not in self._seen and len(self._seen) < _MAX_LOGGED_KINDS
+            if first:
+                self._seen.add(kind)
+        if first:
+            self._log.warning(
+                "refused %s from %s (claims party %r, job %r): %s [logged once per peer "
+                "and reason; fed.stats() counts them all]",
+                refusal.reason, host, refusal.party, refusal.job, refusal.detail,
+            )
 
 
 def allocate(size: int) -> Union[bytearray, mmap.mmap]:

@@ -19,7 +19,6 @@ checked it with. Sealed objects are never written to.
 """
 from __future__ import annotations
 
-import logging
 import mmap
 from typing import Any, Optional
 

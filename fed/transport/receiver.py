@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from fed import serialization
 from fed._log import configure_unconfigured, party_logger
+from fed.names import JOB_SECRET_ENV
 from fed.errors import (
     FedDivergenceError,
     FedError,
@@ -32,6 +33,7 @@ from fed.errors import (
 from fed.transport import wire
 from fed.transport.base import MessageKey
 from fed.transport.budget import Inflight, PeerBudget
+from fed.transport.proof import proof_ok
 from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate
 from fed.transport.plasma import Landing, close_buffers
 
@@ -61,15 +63,34 @@ class _Arrived:
 
 @dataclass
 class _Counters:
+    """The receiver's figures; bumped from connection threads and the loop alike."""
+
     values: dict = field(default_factory=dict)
     bytes: dict = field(default_factory=dict)
     duplicates: int = 0
     refusals: int = 0
     dropped_connections: int = 0  # closed at accept: a connection cap was reached
+    ignored_controls: int = 0  # BYE/NOTICE/wait reports nothing authenticated
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, src: str, nbytes: int) -> None:
-        self.values[src] = self.values.get(src, 0) + 1
-        self.bytes[src] = self.bytes.get(src, 0) + nbytes
+        with self._lock:
+            self.values[src] = self.values.get(src, 0) + 1
+            self.bytes[src] = self.bytes.get(src, 0) + nbytes
+
+    def bump(self, name: str) -> int:
+        """Add one to counter `name`; return its new value."""
+        with self._lock:
+            value = getattr(self, name) + 1
+            setattr(self, name, value)
+            return value
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"received_values": dict(self.values), "received_bytes": dict(self.bytes),
+                    "duplicates_dropped": self.duplicates, "refusals": self.refusals,
+                    "dropped_connections": self.dropped_connections,
+                    "ignored_controls": self.ignored_controls}
 
 
 class ReceiverProxy:
@@ -92,6 +113,7 @@ class ReceiverProxy:
         max_message_bytes: Optional[int],
         max_chunk_bytes: int,
         limits: Optional[dict] = None,
+        job_secret: Optional[bytes] = None,
     ) -> None:
         from fed.transport.identity import IdentityVerifier
         from fed.transport.tls import server_context
@@ -101,6 +123,9 @@ class ReceiverProxy:
         self._parties = set(parties)
         self._listen = (listen_host, listen_port)
         self._ssl: Optional[ssl.SSLContext] = server_context(tls)
+        self._job_secret = job_secret
+        # Control frames that could end the job count only from a proven peer.
+        self._controls_trusted = self._ssl is not None or job_secret is not None
         self._allowlist = serialization.Allowlist.from_config(allowlist)
         self._max_message = max_message_bytes
         # DATA frames may be as large as the sender's chunk_size_in_bytes, at least 64 MiB
@@ -179,17 +204,12 @@ class ReceiverProxy:
             self._outbox_ready.set_result(None)  # ends next_notices
 
     async def stats(self) -> dict[str, Any]:
-        c = self._counters
         return {
-            "received_values": dict(c.values),
-            "received_bytes": dict(c.bytes),
-            "duplicates_dropped": c.duplicates,
-            "refusals": c.refusals,
+            **self._counters.snapshot(),
             "waiting": len(self._waiters),
             "buffered": len(self._arrived),
             "held_bytes": self._budget.held(),
-            "refusals_by_reason": dict(self._refusals.by_reason),
-            "dropped_connections": c.dropped_connections,
+            "refusals_by_reason": self._refusals.by_reason_snapshot(),
         }
 
     # ---- barriers --------------------------------------------------------------------
@@ -368,7 +388,7 @@ class ReceiverProxy:
         # A done waiter: its barrier ended (took a value, or failed) and has not marked
         # the slot consumed yet. A consumed slot includes values whose barrier failed.
         if slot in self._arrived or slot in self._consumed or (waiter and waiter[1].done()):
-            self._counters.duplicates += 1
+            self._counters.bump("duplicates")
             self._budget.settle(value, keep=False)
             return False
         if waiter is None and self._failure is not None:
@@ -391,7 +411,7 @@ class ReceiverProxy:
         return True
 
     def _on_duplicate(self) -> None:
-        self._counters.duplicates += 1
+        self._counters.bump("duplicates")
 
     def _on_bye(self, peer: str, sent: Any) -> None:
         """`peer` finished after sending `sent` values here: barriers waiting for more
@@ -480,7 +500,7 @@ class ReceiverProxy:
             if room:
                 self._conns[id(conn)] = conn
         if not room:
-            self._counters.dropped_connections += 1
+            self._counters.bump("dropped_connections")
             raw.close()
             return
         try:
@@ -549,17 +569,32 @@ class ReceiverProxy:
             if ftype == wire.MSG:
                 self._receive_value(sock, peer, body)
             elif ftype == wire.PING:
-                if body:
+                if body and self._trusts_controls(peer, "wait reports"):
                     self._call_on_loop(self._on_peer_status, peer, body)
                 self._send(sock, wire.PONG, {})
             elif ftype == wire.BYE:
-                self._call_on_loop(self._on_bye, peer, body.get("sent"))
+                if self._trusts_controls(peer, "BYE"):
+                    self._call_on_loop(self._on_bye, peer, body.get("sent"))
                 self._send(sock, wire.ACK, {})
             elif ftype == wire.NOTICE:
-                self._call_on_loop(self._on_notice, peer, body)
+                if self._trusts_controls(peer, "NOTICE"):
+                    self._call_on_loop(self._on_notice, peer, body)
                 self._send(sock, wire.ACK, {})
             else:
                 raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
+
+    def _trusts_controls(self, peer: str, what: str) -> bool:
+        """Without TLS or a job secret, anyone could send a frame claiming `peer`: such
+        frames may deliver values but not end or fail the job (docs/security.md)."""
+        if self._controls_trusted:
+            return True
+        if self._counters.bump("ignored_controls") == 1:
+            self._log.warning(
+                "ignoring %s from %r: without TLS or %s nothing proves who sent it, so "
+                "control frames cannot end this job (peers are then judged by heartbeats). "
+                "Use TLS, or start every party with the same %s (fed run does). (Warned once.)",
+                what, peer, JOB_SECRET_ENV, JOB_SECRET_ENV)
+        return False
 
     def _read_control(self, sock: socket.socket, max_len: int, deadline: Optional[float] = None,
                       head: Optional[tuple[int, int]] = None) -> tuple[int, dict[str, Any]]:
@@ -580,7 +615,7 @@ class ReceiverProxy:
     def _refuse(self, sock: socket.socket, reason: str, detail: str) -> None:
         """Send REFUSE, then half-close and read (bounded) what the sender still streams,
         so the REFUSE is not destroyed by a reset and the sender fails fast."""
-        self._counters.refusals += 1
+        self._counters.bump("refusals")
         try:
             self._send(sock, wire.REFUSE, {"reason": reason, "detail": detail})
             sock.shutdown(socket.SHUT_WR)
@@ -633,6 +668,9 @@ class ReceiverProxy:
         if job != self._job:
             raise Refusal("job_not_running", f"job {job!r} is not running in party {dst!r}",
                           src, job)
+        if self._job_secret is not None and not proof_ok(self._job_secret, hello):
+            raise Refusal("identity", f"a peer claiming to be {src!r} did not prove the job "
+                          f"secret: start every party with the same {JOB_SECRET_ENV}", src, job)
         if dst != self._party:
             raise Refusal("wrong_destination", f"this is party {self._party!r}, not {dst!r}", src, job)
         if not self._bind_peer(conn, src):

@@ -36,6 +36,7 @@ from fed.errors import (
 from fed.transport import wire
 from fed.transport.base import MessageKey
 from fed.transport.limits import ReceiverBusy, check_advertised
+from fed.transport.proof import hello_proof
 from fed.transport.retry import with_retries
 from fed.transport.threads import WorkerThreads
 
@@ -109,6 +110,7 @@ class SenderProxy:
         self._ssl: Optional[dict[str, ssl.SSLContext]] = (
             {p: client_context(tls, p) for p in peers} if tls is not None else None
         )
+        self._job_secret: Optional[bytes] = comm.get("job_secret")
         self._timeout_s = comm["timeout_in_ms"] / 1000.0
         self._chunk = int(comm["chunk_size_in_bytes"])
         self._max_message = comm.get("messages_max_size_in_bytes")
@@ -319,11 +321,12 @@ class SenderProxy:
         )
         parts = [pickled, *buffers]
         digest = payload_digest(parts) if self._audit is not None else None
-        started = threading.Event()  # set once bytes may have left (for the audit log)
+        attempts = 0  # bytes leave once per attempt (for the audit log)
 
         def use(conn: _Connection) -> dict[str, Any]:
+            nonlocal attempts
             check_advertised(conn.limits, key.dst, len(header) - wire.HEAD_SIZE, sizes, self._chunk)
-            started.set()
+            attempts += 1
             wire.send_value(conn.sock, header, parts, self._chunk)
             reply = self._reply(conn)
             if reply.get("_refused") and reply.get("reason") == "busy":
@@ -331,6 +334,7 @@ class SenderProxy:
                 raise ReceiverBusy(f"{key.dst!r} is busy: {reply.get('detail', '')}")
             return reply
 
+        self._audit_ahead(key, kind, total, digest)
         status = "failed"
         try:
             reply = self._send_with_retries(key, use)
@@ -341,8 +345,7 @@ class SenderProxy:
                 raise refused_error(reply.get("reason", "?"), reply.get("detail", ""))
             status = "duplicate" if reply.get("duplicate") else "sent"
         finally:
-            if started.is_set():
-                self._audit_record(key, kind, status, total, digest)
+            self._audit_record(key, kind, status, total, digest, attempts=attempts)
         self._seen(key.dst)  # an ACK is proof of life too
         with self._lock:
             self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
@@ -377,19 +380,40 @@ class SenderProxy:
                 f"(timeout_in_ms): {exc}"
             ) from None
 
-    def _audit_record(self, key: MessageKey, kind: str, status: str, nbytes: int,
-                      digest: Optional[str]) -> None:
+    def _audit_ahead(self, key: MessageKey, kind: str, nbytes: int,
+                     digest: Optional[str]) -> None:
+        """The `sending` record, on disk before any byte may leave; if it cannot be
+        written the value does not leave (fed/audit.py)."""
         if self._audit is None:
             return
         try:
-            self._audit.record(
-                job=key.job, src=key.src, dst=key.dst, call=key.producer_call,
-                call_seq=key.producer_seq, consumer=key.consumer_call, ordinal=key.ordinal,
-                kind=kind, bytes=nbytes, sha256=digest, status=status,
-            )
-        except OSError as exc:  # the bytes are gone already; make the gap loud
+            self._audit.record(durable=True, **self._audit_fields(key, kind, nbytes, digest),
+                               status="sending")
+        except OSError as exc:
+            raise FedEgressDenied(
+                f"{key.producer()} was not sent to {key.dst!r}: the egress audit log "
+                f"{self._audit.path} could not be written ({exc}), and a value leaves only "
+                "once its audit record is on disk. Free the disk or fix the path in "
+                "config['egress']['audit_log']"
+            ) from None
+
+    def _audit_record(self, key: MessageKey, kind: str, status: str, nbytes: int,
+                      digest: Optional[str], **extra: Any) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.record(**self._audit_fields(key, kind, nbytes, digest), status=status,
+                               **extra)
+        except OSError as exc:  # the `sending` record already names the value; be loud
             self._log.error("could not write the egress audit log %s: %s (record: %s %s to %r)",
                             self._audit.path, exc, status, key.producer(), key.dst)
+
+    @staticmethod
+    def _audit_fields(key: MessageKey, kind: str, nbytes: int,
+                      digest: Optional[str]) -> dict[str, Any]:
+        return dict(job=key.job, src=key.src, dst=key.dst, call=key.producer_call,
+                    call_seq=key.producer_seq, consumer=key.consumer_call, ordinal=key.ordinal,
+                    kind=kind, bytes=nbytes, sha256=digest)
 
     def _reply(self, conn: _Connection) -> dict[str, Any]:
         ftype, body = wire.read_control(conn.sock, 1024 * 1024)
@@ -426,11 +450,7 @@ class SenderProxy:
                 sock = self._ssl[peer].wrap_socket(sock, server_side=False, server_hostname=host)
                 # The server must be the party we meant to reach, not just anyone the CA knows.
                 self._identity.check(sock.getpeercert(binary_form=True), peer, as_server=True)
-            wire.send_control(
-                sock,
-                wire.HELLO,
-                {"proto": wire.PROTOCOL, "job": self._job, "src": self._party, "dst": peer},
-            )
+            wire.send_control(sock, wire.HELLO, self._hello(peer))
             ftype, body = wire.read_control(sock, 64 * 1024)
             if ftype == wire.REFUSE:
                 with self._lock:
@@ -444,6 +464,12 @@ class SenderProxy:
         except BaseException:
             sock.close()
             raise
+
+    def _hello(self, peer: str) -> dict[str, Any]:
+        hello = {"proto": wire.PROTOCOL, "job": self._job, "src": self._party, "dst": peer}
+        if self._job_secret is not None:
+            hello["proof"] = hello_proof(self._job_secret, self._party, peer, self._job)
+        return hello
 
     def _control_frame(self, peer: str, ftype: int, body: dict, timeout_s: float) -> dict:
         """One control frame on a fresh connection: never queued behind a data transfer."""

@@ -9,20 +9,22 @@ one engine process instead of two. Measured in docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import socket
-import threading
 import time
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Optional
 
 import ray
 
 from fed.config import FedConfig
 from fed.errors import FedError, FedPeerUnavailableError
+from fed._log import party_logger
+from fed.names import JOB_SECRET_ENV
 from fed.transport.base import MessageKey, Transport
+from fed.transport.hosted import Hosted
 from fed.transport.placement import receiver_placement
+from fed.transport.proof import job_secret_from_env
 from fed.transport.receiver import ReceiverProxy
 from fed.transport.sender import SenderHooks, SenderProxy
 
@@ -50,40 +52,18 @@ def _check_listen(party: str, host: str, port: int) -> None:
         probe.close()
 
 
-class _Hosted:
-    """An object whose async methods run on a private event-loop thread of this process."""
+#: Each waiting receive barrier holds one of the receiver actor's call slots; the
+#: heartbeat, stats and stop calls need slots too, so a small RayFed-era setting must
+#: not starve them (peers would declare this party dead).
+MIN_RECEIVER_CONCURRENCY = 1000
+DEFAULT_RECEIVER_CONCURRENCY = 10000
 
-    def __init__(self, obj: Any, name: str) -> None:
-        self.obj = obj
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
-        self._thread.start()
 
-    def submit(self, coro: Coroutine) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def call(self, coro: Coroutine, timeout: Optional[float] = None) -> Any:
-        return self.submit(coro).result(timeout)
-
-    def close(self) -> None:
-        """Cancel what still runs there (heartbeats, relays), then end the thread."""
-        if self._loop.is_closed():
-            return
-
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        try:
-            self.submit(cancel_all()).result(5)
-        except Exception:
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+def receiver_concurrency(configured: Optional[int]) -> int:
+    """The receiver actor's max_concurrency for `cross_silo_comm.max_concurrency`."""
+    if configured is None:
+        return DEFAULT_RECEIVER_CONCURRENCY
+    return max(configured, MIN_RECEIVER_CONCURRENCY)
 
 
 class TcpTransport(Transport):
@@ -105,35 +85,61 @@ class TcpTransport(Transport):
         checked here, peers retry until we listen, and a late start failure fails every
         receive barrier (see _on_receiver_started)."""
         cfg = self._config
+        secret = job_secret_from_env()
+        if cfg.tls is None and secret is None:
+            party_logger(cfg.party, cfg.job_name).warning(
+                "the channel has neither TLS nor a job secret (%s): anyone who reaches this "
+                "party's port can send values as a peer, and control frames (BYE, NOTICE) "
+                "from peers are ignored. Use TLS across organisations (docs/security.md).",
+                JOB_SECRET_ENV)
+        self._receiver = self._start_receiver(secret)
+        # comm.send_resource_label has nothing to place: the sender runs in the driver.
+        try:
+            sender = SenderProxy(cfg.party, cfg.job_name, self._address_book(), cfg.tls,
+                                 self._sender_settings(secret), self._sender_hooks())
+            self._sender = Hosted(sender, "fed-sender")
+        except BaseException:
+            self._kill()
+            raise
+        self._receiver.start.remote().future().add_done_callback(self._on_receiver_started)
+        self._sender.call(sender.start_heartbeats())
+        self._sender.submit(self._relay_notices())
+        atexit.register(self._flush_at_exit)
+
+    def _start_receiver(self, secret: Optional[bytes]) -> "ray.actor.ActorHandle":
+        """The receiver actor, on the node that owns the listen address, once that
+        address is known to be bindable there."""
+        cfg = self._config
         comm = cfg.comm
         me = cfg.parties[cfg.party]
         placement = receiver_placement(me.listen.host, comm.recv_resource_label)
         placement.run(_check_listen, cfg.party, me.listen.host, me.listen.port)
-        concurrency = comm.max_concurrency or 10000
-        common = dict(num_cpus=0, max_concurrency=concurrency, max_restarts=0)
-        self._receiver = ray.remote(ReceiverProxy).options(
+        return ray.remote(ReceiverProxy).options(
             name=receiver_name(cfg.job_name, cfg.party),
             resources=comm.recv_resource_label,
             scheduling_strategy=placement.strategy,  # the node owning the listen address
-            **common,
+            num_cpus=0, max_concurrency=receiver_concurrency(comm.max_concurrency),
+            max_restarts=0,
         ).remote(
-            cfg.party,
-            cfg.job_name,
-            list(cfg.parties),
-            me.listen.host,
-            me.listen.port,
-            cfg.tls,
-            comm.serializing_allowed_list,
-            comm.messages_max_size_in_bytes,
+            cfg.party, cfg.job_name, list(cfg.parties), me.listen.host, me.listen.port,
+            cfg.tls, comm.serializing_allowed_list, comm.messages_max_size_in_bytes,
             comm.chunk_size_in_bytes,
             limits={  # receiver bounds, docs/security.md
                 "max_buffered_bytes_per_peer": comm.max_buffered_bytes_per_peer,
                 "max_header_bytes": comm.max_header_bytes,
                 "max_frames_per_value": comm.max_frames_per_value,
             },
+            job_secret=secret,
         )
-        addresses = {p: (a.address.host, a.address.port) for p, a in cfg.parties.items()}
-        comm_dict = {
+
+    def _address_book(self) -> dict[str, tuple[str, int]]:
+        return {p: (a.address.host, a.address.port) for p, a in self._config.parties.items()}
+
+    def _sender_settings(self, secret: Optional[bytes]) -> dict[str, Any]:
+        cfg = self._config
+        comm = cfg.comm
+        return {
+            "job_secret": secret,
             "timeout_in_ms": comm.timeout_in_ms,
             "chunk_size_in_bytes": comm.chunk_size_in_bytes,
             "messages_max_size_in_bytes": comm.messages_max_size_in_bytes,
@@ -144,19 +150,6 @@ class TcpTransport(Transport):
             "egress_allowed_parties": cfg.egress.allowed_parties,  # docs/security.md
             "audit_log": cfg.egress.audit_log,
         }
-        # comm.send_resource_label has nothing to place: the sender runs in the driver.
-        try:
-            sender = SenderProxy(
-                cfg.party, cfg.job_name, addresses, cfg.tls, comm_dict, self._sender_hooks()
-            )
-            self._sender = _Hosted(sender, "fed-sender")
-        except BaseException:
-            self._kill()
-            raise
-        self._receiver.start.remote().future().add_done_callback(self._on_receiver_started)
-        self._sender.call(sender.start_heartbeats())
-        self._sender.submit(self._relay_notices())
-        atexit.register(self._flush_at_exit)
 
     def _sender_hooks(self) -> SenderHooks:
         """The sender's view of this party: it reaches our receiver only through these."""
