@@ -118,50 +118,61 @@ def _wrap_results(party: str, seq_id: int, call: str, result: Any, n: int) -> An
             for i in range(n)]
 
 
-class FedRemoteFunction:
-    """A function decorated with `@fed.remote`; call `.party(p).remote(...)`."""
+class _Pinnable:
+    """What remote functions and classes share: a target pinned to a party, with Ray
+    options; `.party()` and `.options()` return new objects and never change this one."""
 
-    def __init__(self, func: Callable, options: dict[str, Any], party: Optional[str] = None):
-        self._func = func
+    def __init__(self, target: Any, options: dict[str, Any], party: Optional[str] = None):
+        self._target = target
         self._options = options
         self._party = party
-        self._ray_func = None  # the ray.remote wrapper, made once per decorated function
-        self._call = _call_name(func)
+        self._ray_target = None  # the ray.remote wrapper, made once per decorated target
+        self._call = _call_name(target)
 
-    def _derive(self, party: Optional[str], options: dict[str, Any]) -> "FedRemoteFunction":
-        clone = FedRemoteFunction.__new__(FedRemoteFunction)
+    def _derive(self, party: Optional[str], options: dict[str, Any]) -> Any:
+        clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._party, clone._options = party, options
         clone._root = getattr(self, "_root", self)
         return clone
 
-    def party(self, party: str) -> "FedRemoteFunction":
-        """The same function pinned to `party` (this object is unchanged)."""
+    def party(self, party: str) -> Any:
+        """The same target pinned to `party` (this object is unchanged)."""
         return self._derive(party, self._options)
 
-    def options(self, **options: Any) -> "FedRemoteFunction":
-        """The same function with Ray options (e.g. num_returns, num_cpus) added."""
+    def options(self, **options: Any) -> Any:
+        """The same target with Ray options (e.g. num_returns, num_cpus) added."""
         return self._derive(self._party, {**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def _begin(self) -> tuple[_context.FedContext, str, int]:
+        """Checks, then this call's context, party and sequence id (drawn in every party)."""
         if self._party is None:
             raise FedConfigError(
-                f"{self._call} has no party: call {self._func.__name__}.party('alice')"
+                f"{self._call} has no party: call {self._target.__name__}.party('alice')"
                 ".remote(...) or decorate it with @fed.remote(party='alice')"
             )
         ctx = _context.get()
         party = _check_party(self._party)
+        return ctx, party, ctx.next_seq_id()
+
+    def _ray(self, ctx: _context.FedContext) -> Any:
+        """The ray.remote wrapper of the target, made once for all derived objects."""
+        root = getattr(self, "_root", self)
+        return ctx.made_once(root, "_ray_target", lambda: ray.remote(self._target))
+
+
+class FedRemoteFunction(_Pinnable):
+    """A function decorated with `@fed.remote`; call `.party(p).remote(...)`."""
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        ctx, party, seq_id = self._begin()
         n = _num_returns(self._options)
-        seq_id = ctx.next_seq_id()
         args, kwargs = prepare_args(party, seq_id, self._call, args, kwargs)
         result = None
         if ctx.executes(party):
-            ray_func = ctx.made_once(
-                getattr(self, "_root", self), "_ray_func", lambda: ray.remote(self._func)
-            )
-            options = _simulation_name(ctx, self._options, party, self._func.__qualname__)
-            fn = ray_func.options(**options) if options else ray_func
-            result = fn.remote(*args, **kwargs)
+            options = _simulation_name(ctx, self._options, party, self._target.__qualname__)
+            fn = self._ray(ctx)
+            result = (fn.options(**options) if options else fn).remote(*args, **kwargs)
         return _wrap_results(party, seq_id, self._call, result, n)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -171,48 +182,19 @@ class FedRemoteFunction:
         )
 
 
-class FedRemoteClass:
+class FedRemoteClass(_Pinnable):
     """A class decorated with `@fed.remote`; `.party(p).remote(...)` creates the actor."""
 
-    def __init__(self, cls: type, options: dict[str, Any], party: Optional[str] = None):
-        self._cls = cls
-        self._options = options
-        self._party = party
-        self._ray_cls = None
-        self._call = _call_name(cls)
-
-    def _derive(self, party: Optional[str], options: dict[str, Any]) -> "FedRemoteClass":
-        clone = FedRemoteClass.__new__(FedRemoteClass)
-        clone.__dict__.update(self.__dict__)
-        clone._party, clone._options = party, options
-        clone._root = getattr(self, "_root", self)
-        return clone
-
-    def party(self, party: str) -> "FedRemoteClass":
-        return self._derive(party, self._options)
-
-    def options(self, **options: Any) -> "FedRemoteClass":
-        return self._derive(self._party, {**self._options, **options})
-
     def remote(self, *args: Any, **kwargs: Any) -> "FedActorHandle":
-        if self._party is None:
-            raise FedConfigError(
-                f"{self._call} has no party: call {self._cls.__name__}.party('alice')"
-                ".remote(...) or decorate it with @fed.remote(party='alice')"
-            )
-        ctx = _context.get()
-        party = _check_party(self._party)
-        seq_id = ctx.next_seq_id()
+        ctx, party, seq_id = self._begin()
         call = f"{self._call}.__init__"
         args, kwargs = prepare_args(party, seq_id, call, args, kwargs)
         handle = None
         if ctx.executes(party):
-            ray_cls = ctx.made_once(
-                getattr(self, "_root", self), "_ray_cls", lambda: ray.remote(self._cls)
-            )
-            cls = ray_cls.options(**self._options) if self._options else ray_cls
-            handle = cls.remote(*args, **kwargs)
-        return FedActorHandle(party, seq_id, self._cls, self._call, handle)
+            cls = self._ray(ctx)
+            handle = (cls.options(**self._options) if self._options else cls).remote(
+                *args, **kwargs)
+        return FedActorHandle(party, seq_id, self._target, self._call, handle)
 
 
 class FedActorHandle:
