@@ -122,7 +122,6 @@ def _join_cluster(gcs: str) -> str:
     """Connect this driver to the head node; wait for both nodes; the second node's id."""
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # as for the cluster (this is a party's own process)
     ray.init(address=gcs, _node_ip_address="127.0.0.1", configure_logging=False)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -176,7 +175,12 @@ def _party(party: str, addresses: dict, gcs: str) -> dict:
     return out
 
 
-def test_party_on_a_two_node_cluster_exchanges_values_both_ways(two_node_cluster: str) -> None:
+def test_party_on_a_two_node_cluster_exchanges_values_both_ways(two_node_cluster: str,
+                                                                monkeypatch) -> None:
+    # The party processes inherit this environment and read it when they import Ray:
+    # without token auth, like the cluster (an earlier ray.init in this process sets
+    # RAY_AUTH_MODE=token, and a driver in token mode refuses the GCS's calls).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     second_node_ports = PortLease(host=SECOND_NODE_IP)
     try:
         outcomes = run_parties(
