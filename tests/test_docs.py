@@ -89,7 +89,7 @@ def test_pages_exist_and_most_blocks_run() -> None:
     missing = [p for p in PAGES if not (DOCS / f"{p}.md").exists()]
     assert not missing, f"missing docs pages: {missing}"
     skipped = [b.id for b in ALL_BLOCKS if b.kind == "not-run"]
-    assert len(skipped) <= 4, f"too many not-run blocks: {skipped}"
+    assert len(skipped) <= 6, f"too many not-run blocks: {skipped}"
     assert len(RUN_BLOCKS) + len(FED_RUN_BLOCKS) >= 15
 
 
