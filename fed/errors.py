@@ -17,6 +17,9 @@ class FedError(Exception):
 
     #: The attributes that travel with the error (and the only ones a peer may set).
     _fields: tuple[str, ...] = ()
+    #: Whether the message may quote user data or user code's messages; such a message
+    #: reaches peers only with expose_error_trace.
+    quotes_user_data: bool = False
 
     def __reduce__(self):
         # Ray may raise a class derived from both its RayTaskError and ours; such a
@@ -155,9 +158,13 @@ def refused_error(reason: str, detail: str) -> FedRefusedError:
 class FedEgressDenied(FedError):
     """This party's egress policy does not allow a value to leave for a destination."""
 
+    quotes_user_data = True  # the policy's own exception text
+
 
 class FedSerializationError(FedError):
     """A value could not be serialized or deserialized for crossing parties."""
+
+    quotes_user_data = True  # the pickler's message about a user value
 
 
 class FedDeserializationRefused(FedSerializationError, pickle.UnpicklingError):
@@ -188,12 +195,11 @@ def remote_error_from(exc: BaseException, party: str, call: str, expose: bool) -
     if isinstance(cause, FedRemoteError):
         return cause
     cause_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
-    if not expose:
-        # Even rayfed's own errors can quote user data (an egress policy's exception, a
-        # refused class name): without expose_error_trace only the type leaves.
-        return FedRemoteError(party, call, cause_type)
-    if isinstance(cause, FedError):
+    if isinstance(cause, FedError) and (expose or not cause.quotes_user_data):
+        # rayfed's own messages describe the channel (parties, calls, limits).
         return FedRemoteError(party, call, cause_type, str(cause))
+    if not expose:
+        return FedRemoteError(party, call, cause_type)
     # Ray keeps the task's own stack as text; the unpickled cause has lost its frames.
     tb = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
     return FedRemoteError(party, call, cause_type, str(cause), tb)

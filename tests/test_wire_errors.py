@@ -49,3 +49,16 @@ def test_a_system_exit_error_envelope_is_wrapped_and_the_receiver_keeps_serving(
     assert ray.get(bob.get.remote(second), timeout=60) == {"after": 1}
     assert ray.get(bob.stats.remote(), timeout=60)["received_values"] == {"alice": 2}
     ray.kill(bob)
+
+
+def test_error_text_that_may_quote_user_data_leaves_only_with_expose_error_trace() -> None:
+    from fed.errors import FedEgressDenied, FedTransportError, remote_error_from
+
+    policy = FedEgressDenied("policy said: patient 4711 has cancer")
+    hidden = remote_error_from(policy, "alice", "f", expose=False)
+    assert "4711" not in str(hidden) and "FedEgressDenied" in str(hidden)
+    assert "4711" in str(remote_error_from(policy, "alice", "f", expose=True))
+    channel = FedTransportError("party 'alice' could not send f#1 to 'bob': too large")
+    assert "could not send" in str(remote_error_from(channel, "alice", "f", expose=False))
+    user = ValueError("row 17 of secret.csv")
+    assert "secret.csv" not in str(remote_error_from(user, "alice", "f", expose=False))
