@@ -334,29 +334,16 @@ def run_parties(
     """
     script = os.fspath(script)
     parties = validate_parties(parties)
-    if not os.path.isfile(script):
-        raise UsageError(f"script not found: {script}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout}")
-    if grace < 0:
-        raise UsageError(f"--grace must not be negative, got {grace}")
+    _check_run_args(script, timeout, grace)
     output = _Output(stdout or sys.stdout, stderr or sys.stderr)
     sup = _Supervisor(output=output, grace=grace)
     if psutil is None:
         output.message("psutil is not installed: processes that leave a party's session may survive")
-    base_env = dict(os.environ if env is None else env)
-    # A fresh job per run: a party left over from a previous run never takes this
-    # run's values as its own (a job name set by the caller is kept).
-    base_env.setdefault(ENV_JOB_NAME, f"fed-run-{uuid.uuid4().hex[:12]}")
-    # The parties of this run share a fresh secret: without TLS it proves to each
-    # receiver that a connection comes from this run (fed/transport/proof.py).
-    base_env.setdefault(ENV_JOB_SECRET, secrets.token_hex(32))
-
+    base_env = _run_env(env)
     old_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old_handlers[sig] = signal.signal(sig, sup.on_signal)
-
     tmp_dir: Optional[str] = None
     lease = PortLease()  # held until every party process has ended
     try:
@@ -367,28 +354,14 @@ def run_parties(
             tmp_dir = tempfile.mkdtemp(prefix="rayfed-tls-")
             create_dev_pki(list(parties), Path(tmp_dir), list(DEFAULT_HOSTS), days=1)
             tls_dir = Path(tmp_dir)
-
         addresses = lease.addresses(parties)
         runs = [(SIMULATION_MODE, parties[0])] if simulate else [(p, p) for p in parties]
         for label, party in runs:
             if sup.signals:
                 break
-            proc = subprocess.Popen(
-                [python, script, party, *script_args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=party_env(base_env, party, addresses, simulate, tls_dir),
-                start_new_session=True,
-            )
-            entry = _Party(name=party, label=label, proc=proc)
-            sup.parties.append(entry)
-            assert proc.stdout is not None
-            entry.reader = threading.Thread(
-                target=_pump, args=(proc.stdout, label, output), name=f"fed-run-{label}", daemon=True
-            )
-            entry.reader.start()
-
+            env_of_party = party_env(base_env, party, addresses, simulate, tls_dir)
+            _start_party(sup, output, [python, script, party, *script_args], env_of_party,
+                         party, label)
         return _supervise(sup, timeout)
     finally:
         try:
@@ -400,6 +373,40 @@ def run_parties(
             lease.release()
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _check_run_args(script: str, timeout: Optional[float], grace: float) -> None:
+    if not os.path.isfile(script):
+        raise UsageError(f"script not found: {script}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout}")
+    if grace < 0:
+        raise UsageError(f"--grace must not be negative, got {grace}")
+
+
+def _run_env(env: Optional[Mapping[str, str]]) -> dict[str, str]:
+    """The environment shared by this run's parties."""
+    base_env = dict(os.environ if env is None else env)
+    # A fresh job per run: a party left over from a previous run never takes this
+    # run's values as its own (a job name set by the caller is kept).
+    base_env.setdefault(ENV_JOB_NAME, f"fed-run-{uuid.uuid4().hex[:12]}")
+    # The parties of this run share a fresh secret: without TLS it proves to each
+    # receiver that a connection comes from this run (fed/transport/proof.py).
+    base_env.setdefault(ENV_JOB_SECRET, secrets.token_hex(32))
+    return base_env
+
+
+def _start_party(sup: _Supervisor, output: _Output, argv: list[str], env: dict[str, str],
+                 party: str, label: str) -> None:
+    """One party process in its own session, its output prefixed with `label`."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    entry = _Party(name=party, label=label, proc=proc)
+    sup.parties.append(entry)
+    entry.reader = threading.Thread(
+        target=_pump, args=(proc.stdout, label, output), name=f"fed-run-{label}", daemon=True
+    )
+    entry.reader.start()
 
 
 def _supervise(sup: _Supervisor, timeout: Optional[float]) -> int:
