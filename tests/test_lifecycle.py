@@ -76,7 +76,9 @@ def test_party_finishing_long_before_another_logs_no_error_and_shutdown_is_promp
     value, bob_shutdown_s, bob_errors = outcomes["bob"].result
     assert value == 3 and outcomes["alice"].result[0] == 3
     assert bob_errors == [], bob_errors  # no "party 'alice' has not answered"
-    assert bob_shutdown_s < 20, bob_shutdown_s  # shutdown_flush_timeout_s is 60
+    # Without alice's BYE reaching bob's sender, shutdown waits the flush timeout (60 s);
+    # the margin below that is for a loaded machine.
+    assert bob_shutdown_s < 45, bob_shutdown_s
     report("alice finishes 14 s before bob (peer_timeout_s=10)",
            f"no ERROR in bob; bob's fed.shutdown took {bob_shutdown_s:.2f} s")
 
@@ -101,7 +103,7 @@ def test_send_to_a_finished_peer_fails_at_once_naming_the_value():
     took = outcomes["bob"].result
     # Without BYE reaching bob's sender it retries until peer_timeout_s (60 s) declares
     # alice lost; with it, the send fails as soon as the value is ready.
-    assert took < 6.0 + 20, took
+    assert took < 6.0 + 40, took
     report("bob's value ready 4 s after alice finished (peer_timeout_s=60)",
            f"bob's sleep plus fed.shutdown took {took:.2f} s")
 
