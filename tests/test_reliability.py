@@ -96,6 +96,9 @@ def round_with_victim(party, addresses, out_dir):
         except fed.FedError as exc:
             with open(f"{out_dir}/{party}.json", "w") as f:
                 json.dump({"type": type(exc).__name__, "text": str(exc), "at": time.time()}, f)
+            # Deliver what this party still owes (alice owes bob the failed average); the
+            # harness ends a party with os._exit, which runs no at-exit flush.
+            fed.shutdown()
             raise  # let the process exit non-zero through normal exception flow
     fed.shutdown()
 
