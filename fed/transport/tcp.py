@@ -66,6 +66,25 @@ def receiver_concurrency(configured: Optional[int]) -> int:
     return max(configured, MIN_RECEIVER_CONCURRENCY)
 
 
+#: How long fed.shutdown gives the receiver to close its port (a loaded machine may
+#: need seconds), and then, if it did not answer, its killed process to end.
+_RECEIVER_STOP_S = 10.0
+
+
+def _wait_until_dead(actor: "ray.actor.ActorHandle", timeout_s: float) -> bool:
+    """Wait (bounded) until a killed actor's process has ended; True if it has."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.RayActorError:
+            return True
+        except Exception:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 class TcpTransport(Transport):
     """Drives this party's receiver actor and hosts its sender, from the driver."""
 
@@ -242,7 +261,7 @@ class TcpTransport(Transport):
         aborted: bool = False,
     ) -> list[BaseException]:
         """Flush sends, say BYE (not after an aborted fed.init), stop the server, all
-        within `flush_timeout_s` (plus a few seconds to stop the receiver). Returns the
+        within `flush_timeout_s` (plus up to 20 s to stop the receiver). Returns the
         send failures seen."""
         if self._sender is None:
             return []
@@ -260,12 +279,15 @@ class TcpTransport(Transport):
             self._sender.call(self._sender.obj.stop(), timeout=5)
         except Exception:
             pass
-        try:
-            ray.get(self._receiver.stop.remote(),
-                    timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+        receiver = self._receiver
+        try:  # closes the listening socket: the port is free once this returns
+            ray.get(receiver.stop.remote(), timeout=_RECEIVER_STOP_S)
+            stopped = True
         except Exception:
-            pass
+            stopped = False
         self._kill()
+        if not stopped:  # the port is free once the actor's process is gone
+            _wait_until_dead(receiver, _RECEIVER_STOP_S)
         return failures
 
     def _flush(self, timeout_s: float) -> list[BaseException]:
