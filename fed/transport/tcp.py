@@ -10,6 +10,7 @@ one engine process instead of two. Measured in docs/benchmarks.md.
 from __future__ import annotations
 
 import atexit
+import errno
 import concurrent.futures
 import socket
 import time
@@ -83,6 +84,25 @@ def _wait_until_dead(actor: "ray.actor.ActorHandle", timeout_s: float) -> bool:
             return False
         time.sleep(0.05)
     return False
+
+
+def _wait_port_free(host: str, port: int, timeout_s: float) -> bool:
+    """Wait (bounded) until a server could listen on host:port again, as fed.shutdown
+    promises; True at once when the address is not on this machine (another node)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return True
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return True  # not ours to check here (e.g. the address is another node's)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 class TcpTransport(Transport):
@@ -288,6 +308,11 @@ class TcpTransport(Transport):
         self._kill()
         if not stopped:  # the port is free once the actor's process is gone
             _wait_until_dead(receiver, _RECEIVER_STOP_S)
+        listen = self._config.parties[self._config.party].listen
+        if not _wait_port_free(listen.host, listen.port, _RECEIVER_STOP_S):
+            party_logger(self._config.party, self._config.job_name).warning(
+                "the receiver's port %s:%s is still in use %g s after fed.shutdown began "
+                "to free it", listen.host, listen.port, _RECEIVER_STOP_S)
         return failures
 
     def _flush(self, timeout_s: float) -> list[BaseException]:
