@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 import traceback
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -82,12 +83,17 @@ def _child(fn: Callable, party: str, addresses: dict, args: tuple, conn, secret:
     os._exit(code)
 
 
-def _kill_session(sid: int) -> None:
-    """Stop every process of a party's session (its Ray cluster included)."""
+def kill_sessions(sids: Collection[int], *, marker: str | None = None,
+                  timeout_s: float = 10) -> None:
+    """Stop every process of the sessions `sids` (a party's Ray cluster started there),
+    and with `marker` every process whose command line contains it; wait for them."""
     victims = []
-    for proc in psutil.process_iter(["pid"]):
+    for proc in psutil.process_iter(["pid", "cmdline"] if marker else ["pid"]):
         try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+            if proc.pid == os.getpid():
+                continue
+            marked = marker is not None and marker in " ".join(proc.info["cmdline"] or ())
+            if os.getsid(proc.pid) in sids or marked:
                 victims.append(proc)
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
@@ -96,9 +102,10 @@ def _kill_session(sid: int) -> None:
             proc.kill()
         except psutil.Error:
             pass
-    # Our own child is reaped by multiprocessing (which needs its exit code), not here.
+    # Our own children are reaped by whoever started them (multiprocessing needs the
+    # exit code, subprocess.Popen.wait too), not here.
     mine = {c.pid for c in psutil.Process().children()}
-    psutil.wait_procs([v for v in victims if v.pid not in mine], timeout=10)
+    psutil.wait_procs([v for v in victims if v.pid not in mine], timeout=timeout_s)
 
 
 AddressSpec = Union[None, Mapping[str, Any], Callable[[PortLease], Mapping[str, Any]]]
@@ -194,7 +201,7 @@ def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, ti
     finally:
         for proc in procs.values():
             if proc.pid is not None:
-                _kill_session(proc.pid)
+                kill_sessions({proc.pid})
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
@@ -217,7 +224,7 @@ def _watch(procs: dict, pipes: dict, outcomes: dict[str, PartyOutcome], timeout:
                 if due:
                     killed.add(party)
                     outcomes[party].killed_at = time.time()
-                    _kill_session(procs[party].pid)
+                    kill_sessions({procs[party].pid})
                     procs[party].join(10)
             if pipes[party].poll(0.05):
                 try:

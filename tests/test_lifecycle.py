@@ -13,22 +13,13 @@ import pytest
 
 import fed
 from multiparty import assert_all_ok, describe, run_parties, start_ray
+from remotes import add, produce
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def report(scenario: str, figure: str) -> None:
     print(f"\nLIFECYCLE | {scenario} | {figure}")
-
-
-@fed.remote
-def produce(x):
-    return x
-
-
-@fed.remote
-def add(a, b):
-    return a + b
 
 
 @fed.remote

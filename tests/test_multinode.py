@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import psutil
 import pytest
 
 from fed.cli.ports import PortLease
-from multiparty import assert_all_ok, run_parties
+from multiparty import assert_all_ok, kill_sessions, run_parties
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -66,22 +65,7 @@ def _wait_connectable(host: str, port: int, proc: subprocess.Popen, deadline: fl
 
 def _kill_cluster(procs: list[subprocess.Popen], temp_dir: str) -> None:
     """Kill the `ray start` sessions and every process that uses our temp dir."""
-    sids = {p.pid for p in procs}
-    victims = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.pid == os.getpid():
-                continue
-            if os.getsid(proc.pid) in sids or temp_dir in " ".join(proc.info["cmdline"] or ()):
-                victims.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(victims, timeout=15)
+    kill_sessions({p.pid for p in procs}, marker=temp_dir, timeout_s=15)
     for p in procs:
         p.wait(10)
 

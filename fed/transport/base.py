@@ -56,6 +56,13 @@ class MessageKey:
             and self.consumer_call == other.consumer_call
         )
 
+    def well_typed(self) -> bool:
+        """For a key from the wire: every field hashable and of the type barriers compare."""
+        counts = (self.ordinal, self.producer_seq, self.producer_index, self.consumer_seq)
+        names = (self.job, self.src, self.dst, self.producer_call, self.consumer_call)
+        return (all(type(n) is int and n >= 0 for n in counts)
+                and all(isinstance(t, str) for t in names))
+
 
 _KEY_FIELDS = tuple(f.name for f in fields(MessageKey))
 

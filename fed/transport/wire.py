@@ -111,7 +111,12 @@ def encode_control(ftype: int, body: dict[str, Any]) -> bytes:
     return _HEAD.pack(ftype, len(payload)) + payload
 
 
-def send_control(sock: socket.socket, ftype: int, body: dict[str, Any]) -> None:
+def send_control(sock: socket.socket, ftype: int, body: dict[str, Any],
+                 timeout: Optional[float] = None) -> None:
+    """Send one control frame; with `timeout`, the socket's timeout is set first (a
+    reader's deadline may have left a shorter one)."""
+    if timeout is not None:
+        sock.settimeout(timeout)
     sock.sendall(encode_control(ftype, body))
 
 

@@ -1,0 +1,360 @@
+"""The protocol one connection speaks to the receiver, run on the connection's thread.
+
+HELLO -> WELCOME once the claimed source may speak here (a peer of this party, its
+certificate with TLS, the job secret's proof without), then frames until the
+connection ends: MSG (a value: header checked, body read into buffers charged to the
+peer's budget frame by frame, decoded, handed over), PING (answered with PONG; may
+carry a heartbeat status), BYE and NOTICE (answered with ACK). Every read has a
+deadline. What a value or a control frame means is decided on the receiver actor's
+event loop, reached through `SessionHooks`. A bad frame raises `Refusal` or
+`wire.ProtocolError`; the listener answers it and closes the connection.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fed.errors import FedIdentityError, FedSerializationError
+from fed.names import JOB_SECRET_ENV
+from fed.transport import wire
+from fed.transport.barriers import Arrived, decode
+from fed.transport.base import MessageKey
+from fed.transport.budget import Inflight, PeerBudget, Slot
+from fed.transport.counters import ReceiverCounters
+from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate
+from fed.transport.listener import Conn
+from fed.transport.plasma import Landing, close_buffers
+from fed.transport.proof import proof_ok
+
+if TYPE_CHECKING:  # imported by the actor only with TLS (it loads cryptography)
+    from fed.transport.identity import IdentityVerifier
+
+#: What one declared buffer costs before its bytes arrive (list slot, buffer object).
+_BUFFER_OVERHEAD_BYTES = 128
+_MAX_HELLO_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Who may speak to this receiver, and what they may send it."""
+
+    party: str
+    job: str
+    peers: frozenset[str]
+    limits: ReceiverLimits
+    max_chunk: int  # the largest DATA frame taken (advertised in WELCOME)
+    identity: IdentityVerifier | None  # with TLS: whose certificate is whose
+    job_secret: bytes | None
+    allowlist: Any
+
+    @property
+    def controls_trusted(self) -> bool:
+        """Control frames that could end the job count only from a proven peer (with
+        TLS, which is exactly when there is an identity check, or the job secret)."""
+        return self.identity is not None or self.job_secret is not None
+
+
+@dataclass(frozen=True)
+class SessionHooks:
+    """The receiver as a connection sees it. All but `seen` run on the actor's event
+    loop and return their result (or raise) on the connection's thread."""
+
+    arrival: Callable[[Arrived, Inflight], bool]  # a value; False: a duplicate after all
+    duplicate: Callable[[], None]  # a value for a slot already seen, dropped unread
+    peer_status: Callable[[str, dict], None]  # PING: what the peer waits for
+    bye: Callable[[str, Any], None]  # BYE: the peer finished after `sent` values
+    notice: Callable[[str, dict], None]  # NOTICE: a failure the peer reports
+    seen: Callable[[Slot], bool]  # a value for the slot is held or was consumed
+
+
+class SessionServer:
+    """Serves the protocol on any number of connections, each on its own thread."""
+
+    def __init__(self, terms: Terms, hooks: SessionHooks, budget: PeerBudget,
+                 bind_peer: Callable[[Conn, str], bool], refusals: RefusalLog,
+                 counters: ReceiverCounters, stopping: threading.Event,
+                 log: logging.LoggerAdapter) -> None:
+        self._terms = terms
+        self._limits = terms.limits
+        self._hooks = hooks
+        self._budget = budget
+        self._bind_peer = bind_peer  # counts the connection against the peer's cap
+        self._refusals = refusals
+        self._counters = counters
+        self._stopping = stopping
+        self._log = log
+
+    def serve(self, conn: Conn, deadline: float) -> None:
+        """The handshake (by `deadline`), then frames until the connection ends."""
+        peer = self._handshake(conn, deadline)
+        if peer is not None:
+            self._serve_frames(conn.sock, peer)
+
+    # ---- handshake ---------------------------------------------------------------------
+
+    def _handshake(self, conn: Conn, deadline: float) -> str | None:
+        """HELLO -> WELCOME once the claimed source may speak here; else a Refusal.
+
+        The whole exchange (TLS included) must finish by `deadline`. The WELCOME
+        advertises this receiver's limits, so a well-behaved sender refuses an
+        oversized value locally instead of streaming it. None: the peer's connection
+        cap is reached, and the connection is closed without a word (the sender
+        retries with backoff).
+        """
+        sock = conn.sock
+        ftype, hello = self._read_control(sock, _MAX_HELLO_BYTES, deadline)
+        if ftype != wire.HELLO or hello.get("proto") != wire.PROTOCOL:
+            raise wire.ProtocolError("the connection did not start with a rayfed HELLO")
+        src, job = self._check_hello(sock, hello)
+        if not self._bind_peer(conn, src):
+            self._refusals.record(conn.ip, Refusal(
+                "too_many_connections", f"{src!r} already has max_connections_per_peer="
+                f"{self._limits.max_connections_per_peer} connections here", src, job))
+            return None
+        terms = self._terms
+        self._send(sock, wire.WELCOME, {
+            "party": terms.party, "job": terms.job,
+            "limits": {**self._limits.advertise(), "max_data_frame_bytes": terms.max_chunk},
+        })
+        return src
+
+    def _check_hello(self, sock: socket.socket, hello: dict[str, Any]) -> tuple[str, str]:
+        """The HELLO's (src, job) if that source may speak here, else a Refusal. With TLS
+        the peer certificate must belong to the claimed source (fed.transport.identity).
+        A refusal names neither this party's job nor its peers to a client that has not
+        proven who it is."""
+        terms = self._terms
+        src, job, dst = hello.get("src"), hello.get("job"), hello.get("dst")
+        if not all(isinstance(v, str) for v in (src, job, dst)):
+            raise Refusal("protocol", "HELLO needs string src, job and dst")
+        if src not in terms.peers or src == terms.party:
+            raise Refusal("unknown_party", f"{src!r} is not a peer of this party", src, job)
+        if terms.identity is not None:
+            try:
+                terms.identity.check(sock.getpeercert(binary_form=True), src, as_server=False)
+            except FedIdentityError as exc:
+                raise Refusal("identity", exc.detail, src, job) from None
+        if job != terms.job:
+            raise Refusal("job_not_running", f"job {job!r} is not running in party {dst!r}",
+                          src, job)
+        if terms.job_secret is not None and not proof_ok(terms.job_secret, hello):
+            raise Refusal("identity", f"a peer claiming to be {src!r} did not prove the job "
+                          f"secret: start every party with the same {JOB_SECRET_ENV}", src, job)
+        if dst != terms.party:
+            raise Refusal("wrong_destination", f"this is party {terms.party!r}, not {dst!r}",
+                          src, job)
+        return src, job
+
+    # ---- frames ------------------------------------------------------------------------
+
+    def _serve_frames(self, sock: socket.socket, peer: str) -> None:
+        """Frames after WELCOME: each must start within idle_timeout_s and, once its
+        head is in, complete within frame_timeout_s."""
+        limits, hooks = self._limits, self._hooks
+        while not self._stopping.is_set():
+            head = wire.read_head(sock, time.monotonic() + limits.idle_timeout_s)
+            ftype, body = self._read_control(sock, limits.max_header_bytes, head=head)
+            if ftype == wire.MSG:
+                self._receive_value(sock, peer, body)
+            elif ftype == wire.PING:
+                if body and self._trusts_controls(peer, "wait reports"):
+                    hooks.peer_status(peer, body)
+                self._send(sock, wire.PONG, {})
+            elif ftype == wire.BYE:
+                if self._trusts_controls(peer, "BYE"):
+                    hooks.bye(peer, body.get("sent"))
+                self._send(sock, wire.ACK, {})
+            elif ftype == wire.NOTICE:
+                if self._trusts_controls(peer, "NOTICE"):
+                    hooks.notice(peer, body)
+                self._send(sock, wire.ACK, {})
+            else:
+                raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
+
+    def _trusts_controls(self, peer: str, what: str) -> bool:
+        """Without TLS or a job secret, anyone could send a frame claiming `peer`: such
+        frames may deliver values but not end or fail the job (docs/security.md)."""
+        if self._terms.controls_trusted:
+            return True
+        if self._counters.ignored_controls.bump() == 1:
+            self._log.warning(
+                "ignoring %s from %r: without TLS or %s nothing proves who sent it, so "
+                "control frames cannot end this job (peers are then judged by heartbeats). "
+                "Use TLS, or start every party with the same %s (fed run does). (Warned once.)",
+                what, peer, JOB_SECRET_ENV, JOB_SECRET_ENV)
+        return False
+
+    def _read_control(self, sock: socket.socket, max_len: int, deadline: float | None = None,
+                      head: tuple[int, int] | None = None) -> tuple[int, dict[str, Any]]:
+        """One control frame within frame_timeout_s (or `deadline`); an oversized one is
+        refused as `header_too_large` before its payload is read."""
+        if deadline is None:
+            deadline = time.monotonic() + self._limits.frame_timeout_s
+        try:
+            return wire.read_control(sock, max_len, deadline, head)
+        except wire.FrameTooLarge as exc:
+            raise Refusal("header_too_large", f"{wire.NAMES[exc.ftype]} frame of {exc.length} "
+                          f"bytes exceeds max_header_bytes={exc.max_len}") from None
+
+    def _send(self, sock: socket.socket, ftype: int, body: dict[str, Any]) -> None:
+        # Reads leave their own deadline set as the socket's timeout.
+        wire.send_control(sock, ftype, body, timeout=self._limits.frame_timeout_s)
+
+    # ---- values ------------------------------------------------------------------------
+
+    def _receive_value(self, sock: socket.socket, peer: str, header: dict[str, Any]) -> None:
+        """One value: check its header against the connection and the limits, then read
+        it, charging the peer's budget frame by frame, unpickle and deliver."""
+        key, kind, sizes = self._check_header(peer, header)
+        if self._hooks.seen((key.src, key.ordinal)):
+            # A replay (or a retry of a value we hold): drop it unread and unpickled.
+            self._read_body(sock, [None] * len(sizes), sizes, None)
+            self._hooks.duplicate()
+            self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": True})
+            return
+        value = self._budget.admit((key.src, key.ordinal), sum(sizes), self._limits.busy_after_s)
+        if value is None:
+            raise self._busy(peer, key)
+        arrived, fresh = self._take_value(sock, peer, key, kind, sizes, value)
+        if isinstance(arrived.error, FedSerializationError):
+            raise Refusal("deserialization", str(arrived.error), peer, key.job)
+        self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
+
+    def _take_value(self, sock: socket.socket, peer: str, key: MessageKey, kind: str,
+                    sizes: list[int], value: Inflight) -> tuple[Arrived, bool]:
+        """Read, decode and hand over an admitted value: (what arrived, whether it was
+        fresh). Whatever happens, its memory and budget charge are not left behind."""
+        buffers: list = []
+        landing: Landing | None = None
+        try:
+            # The buffers' bookkeeping is charged like bytes: many tiny declared buffers
+            # cost memory before any byte arrives.
+            if not self._budget.charge(value, len(sizes) * _BUFFER_OVERHEAD_BYTES,
+                                       self._limits.busy_after_s):
+                raise self._busy(peer, key)
+            landing, buffers = self._allocate(peer, key, kind, sizes)
+            self._read_body(sock, buffers, sizes, value)
+            arrived = decode(key, kind, buffers, landing, self._terms.allowlist, self._log)
+            arrived.wire_bytes = sum(sizes)
+            fresh = self._hooks.arrival(arrived, value)
+            buffers = []  # delivered or dropped: freed with their last reference
+        finally:
+            self._budget.settle(value, keep=False)  # no-op once the loop kept it
+            if landing is not None:
+                landing.close()
+            close_buffers(buffers)  # a failed value's memory is returned now
+        return arrived, fresh
+
+    def _allocate(self, peer: str, key: MessageKey, kind: str,
+                  sizes: list[int]) -> tuple[Landing | None, list]:
+        """Receive buffers for a value; large values go to the object store once
+        complete (fed/transport/plasma.py)."""
+        try:
+            landing = Landing.maybe(sizes, kind)
+            return landing, landing.buffers if landing else [allocate(s) for s in sizes]
+        except (MemoryError, OSError, OverflowError, ValueError) as exc:
+            raise Refusal("too_large", f"this party cannot allocate {sum(sizes)} bytes: "
+                          f"{exc}", peer, key.job) from None
+
+    def _busy(self, peer: str, key: MessageKey) -> Refusal:
+        return Refusal("busy", f"{peer!r} already has max_buffered_bytes_per_peer="
+                       f"{self._limits.max_buffered_bytes_per_peer} bytes waiting in party "
+                       f"{self._terms.party!r} for their barriers; retry later", peer, key.job)
+
+    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, list[int]]:
+        """A MSG header's key, kind and sizes, or a ProtocolError / Refusal saying why not."""
+        try:
+            key = MessageKey.from_dict(header["key"])
+            kind = header["kind"]
+            sizes = [int(s) for s in header["sizes"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
+        if not key.well_typed() or kind not in ("value", "error"):
+            raise wire.ProtocolError("malformed MSG header: ill-typed key fields or kind")
+        party, job = self._terms.party, self._terms.job
+        if key.src != peer:
+            raise Refusal("spoofed_source", f"a value claiming source {key.src!r} on a "
+                          f"connection authenticated as {peer!r}", peer, key.job)
+        if key.job != job:
+            raise Refusal("job_not_running", f"job {key.job!r} is not running on this "
+                          f"connection (job {job!r})", peer, key.job)
+        if key.dst != party:
+            raise Refusal("wrong_destination", f"this is party {party!r}, not {key.dst!r}",
+                          peer, key.job)
+        if not sizes or any(s < 0 for s in sizes):
+            raise wire.ProtocolError("MSG header declares no or negative sizes")
+        limits = self._limits
+        if len(sizes) > limits.max_frames_per_value:
+            raise Refusal("too_many_frames", f"{len(sizes)} buffers exceed max_frames_per_value="
+                          f"{limits.max_frames_per_value} in party {party!r}", peer, key.job)
+        total = sum(sizes)
+        if limits.max_value_bytes is not None and total > limits.max_value_bytes:
+            raise Refusal("too_large", f"value of {total} bytes exceeds messages_max_size_in_bytes="
+                          f"{limits.max_value_bytes} in party {party!r}", peer, key.job)
+        return key, kind, sizes
+
+    def _read_body(self, sock: socket.socket, buffers: list, sizes: list[int],
+                   value: Inflight | None) -> None:
+        """Read DATA frames into `buffers` in order (None: discard those bytes), each
+        frame charged to the peer's budget (`value`) before it is read."""
+        cursor = _BodyCursor(sock, buffers, sizes)
+        remaining = sum(sizes)
+        frames = 0
+        while remaining > 0:
+            frames += 1
+            length = self._next_data_frame(sock, remaining, frames, value)
+            remaining -= length
+            cursor.fill(length, time.monotonic() + self._limits.frame_timeout_s)
+
+    def _next_data_frame(self, sock: socket.socket, remaining: int, frames: int,
+                         value: Inflight | None) -> int:
+        """Read the head of the value's next DATA frame (its `frames`th) and charge its
+        length to the peer's budget (`value`) before its bytes are read."""
+        limits = self._limits
+        ftype, length = wire.read_head(sock, time.monotonic() + limits.frame_timeout_s)
+        max_chunk = self._terms.max_chunk
+        if ftype != wire.DATA or length == 0 or length > max_chunk or length > remaining:
+            raise wire.ProtocolError(f"bad DATA frame (type {ftype}, {length} bytes; at most "
+                                     f"{min(max_chunk, remaining)} expected)")
+        if frames > limits.max_frames_per_value:
+            raise Refusal("too_many_frames", f"a value sent in more than max_frames_per_value="
+                          f"{limits.max_frames_per_value} DATA frames")
+        if value is not None and not self._budget.charge(value, length, limits.busy_after_s):
+            raise Refusal("busy", f"no room in max_buffered_bytes_per_peer="
+                          f"{limits.max_buffered_bytes_per_peer} for the rest of the value")
+        return length
+
+
+class _BodyCursor:
+    """Where a value's next bytes go: buffer by buffer, in order. A None buffer's bytes
+    are read into scratch memory and discarded."""
+
+    def __init__(self, sock: socket.socket, buffers: list, sizes: list[int]) -> None:
+        self._sock, self._buffers, self._sizes = sock, buffers, sizes
+        self._index, self._offset = 0, 0
+        self._scratch: memoryview | None = None
+
+    def fill(self, length: int, deadline: float) -> None:
+        """Read one frame's `length` bytes into the buffers from the current position."""
+        sizes = self._sizes
+        while length > 0:
+            while sizes[self._index] - self._offset == 0:
+                self._index, self._offset = self._index + 1, 0
+            take = min(length, sizes[self._index] - self._offset)
+            target = self._buffers[self._index]
+            if target is None:
+                if self._scratch is None or len(self._scratch) < take:
+                    self._scratch = memoryview(bytearray(min(max(take, 1 << 16), 1 << 24)))
+                take = min(take, len(self._scratch))
+                wire.recv_into_exact(self._sock, self._scratch[:take], deadline)
+            else:
+                with memoryview(target) as view:
+                    wire.recv_into_exact(self._sock, view[self._offset:self._offset + take],
+                                         deadline)
+            self._offset += take
+            length -= take
