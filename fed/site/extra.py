@@ -1,0 +1,21 @@
+"""Whether the site extra is installed, checked before any site module is imported."""
+from __future__ import annotations
+
+import importlib.util
+
+from fed.site.errors import SiteDependencyError
+
+#: Import names of the extra's packages (pyproject.toml, ``[site]``).
+SITE_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "yaml", "httpx")
+
+
+def missing_modules() -> list[str]:
+    """The extra's packages that cannot be imported here."""
+    return [m for m in SITE_MODULES if importlib.util.find_spec(m) is None]
+
+
+def require() -> None:
+    """Raise SiteDependencyError naming the install command unless the extra is there."""
+    missing = missing_modules()
+    if missing:
+        raise SiteDependencyError(missing)
