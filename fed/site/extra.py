@@ -1,7 +1,7 @@
 """Whether the site extra is installed, checked before any site module is imported."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from fed.site.errors import SiteDependencyError
 
@@ -11,7 +11,13 @@ SITE_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "sqlalchemy", "alembic", 
 
 def missing_modules() -> list[str]:
     """The extra's packages that cannot be imported here."""
-    return [m for m in SITE_MODULES if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in SITE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def require() -> None:
