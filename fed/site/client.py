@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from typing_extensions import Self
 
-from fed.site.errors import SiteError
+from fed.site.errors import SiteConfigError, SiteError
 
 
 class SiteRequestError(SiteError):
@@ -28,7 +28,10 @@ class SiteClient:
 
     def __init__(self, url: str, token: str, ca_cert: str, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
-        context = ssl.create_default_context(cafile=ca_cert)
+        try:
+            context = ssl.create_default_context(cafile=ca_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise SiteConfigError(f"cannot load the CA bundle {ca_cert!r} to verify the site: {exc}") from None
         self._client = httpx.Client(verify=context, timeout=timeout_s,
                                     headers={"Authorization": f"Bearer {token}"})
 

@@ -64,10 +64,7 @@ def _print_list(jobs: list[dict[str, Any]]) -> None:
 
 
 def _submit(args: argparse.Namespace, client: Any) -> int:
-    from fed.site.core.spec import load_spec_file
-
-    spec = load_spec_file(args.file)  # the same checks the site makes, before any call
-    return _emit(args, client.submit(spec.model_dump(exclude_none=True)), _print_job)
+    return _emit(args, client.submit(args.spec.model_dump(exclude_none=True)), _print_job)
 
 
 _ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
@@ -82,6 +79,10 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 
 def _run(args: argparse.Namespace) -> int:
     def body() -> int:
+        if args.job_command == "submit":  # the site's own checks, before any call
+            from fed.site.core.spec import load_spec_file
+
+            args.spec = load_spec_file(args.file)
         with _client(args) as client:
             return _ACTIONS[args.job_command](args, client)
 
