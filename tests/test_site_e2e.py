@@ -238,3 +238,12 @@ def test_a_site_answering_with_another_partys_certificate_gets_nothing(fed3):
     with fed3.client("carol") as carol, pytest.raises(SiteRequestError) as info:
         carol.job(job["id"])
     assert info.value.status == 404
+
+
+def test_an_unreachable_party_fails_the_job_with_the_reason(fed3, port_lease):
+    spec = fed3.spec("stats")
+    spec["parties"][1]["site"] = f"https://127.0.0.1:{port_lease.reserve(1)[0]}"  # nobody listens
+    with fed3.client("alice", "submitter") as alice:
+        job = alice.submit(spec)
+    assert job["state"] == "failed"
+    assert "could not propose the job to party 'bob'" in job["reason"] and "unreachable" in job["reason"]

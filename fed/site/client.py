@@ -9,9 +9,9 @@ import ssl
 from typing import Any
 
 import httpx
-from typing_extensions import Self
 
 from fed.site.errors import SiteConfigError, SiteError
+from fed.site.httpbase import OwnedHttpClient
 
 
 class SiteRequestError(SiteError):
@@ -23,7 +23,7 @@ class SiteRequestError(SiteError):
         super().__init__(f"{where}: {detail}")
 
 
-class SiteClient:
+class SiteClient(OwnedHttpClient):
     """Calls to one site with one token."""
 
     def __init__(self, url: str, token: str, ca_cert: str, timeout_s: float = 60.0) -> None:
@@ -64,12 +64,3 @@ class SiteClient:
     def decide(self, job_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
         verb = "approve" if approve else "reject"
         return self.request("POST", f"/v1/jobs/{job_id}/{verb}", {"reason": reason})
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()

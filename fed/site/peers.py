@@ -15,17 +15,20 @@ from typing import Any
 
 import httpcore
 import httpx
-from typing_extensions import Self
 
 from fed.config import TlsConfig
 from fed.errors import FedIdentityError
 from fed.site.config import TlsFiles
 from fed.site.errors import PeerSiteError
+from fed.site.httpbase import OwnedHttpClient
 from fed.transport.identity import IdentityVerifier
 from fed.transport.tls import client_context
 
 log = logging.getLogger("fed.site")
 DEFAULT_TIMEOUT_S = 15.0
+#: A peer that cannot be reached or spoke no HTTP (our transport raises httpcore's errors).
+_UNREACHABLE = (httpx.HTTPError, httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
+                ssl.SSLError, OSError)
 
 
 class _CheckedStream(httpcore.NetworkStream):
@@ -90,7 +93,7 @@ class _PartyTransport(httpx.BaseTransport):
         self._pool.close()
 
 
-class PeerClient:
+class PeerClient(OwnedHttpClient):
     """Calls to one peer party's site; JSON in, JSON out, errors as PeerSiteError."""
 
     def __init__(self, tls: TlsFiles, parties: Iterable[str], party: str, url: str,
@@ -110,20 +113,11 @@ class PeerClient:
             resp = self._client.request(method, self.url + path, json=body)
         except FedIdentityError as exc:
             raise PeerSiteError(self.party, self.url, f"wrong site: {exc.detail}") from None
-        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+        except _UNREACHABLE as exc:
             raise PeerSiteError(self.party, self.url, f"unreachable ({type(exc).__name__}: {exc})") from None
         if resp.status_code >= 400:
             raise PeerSiteError(self.party, self.url, f"refused ({resp.status_code}): {_detail(resp)}")
         return resp.json()
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def _detail(resp: httpx.Response) -> str:
