@@ -202,7 +202,17 @@ def test_client_api_refuses_missing_tokens_and_low_roles(fed3):
             viewer.submit(fed3.spec())
         assert info.value.status == 403
         doc = viewer.request("GET", "/v1/openapi.json")
+        new = {"name": "extra", "version": "9", "entrypoint": "demo.extra:run"}
+        with pytest.raises(SiteRequestError) as info:
+            viewer.request("POST", "/v1/components", new)
+        assert info.value.status == 403
     assert "/v1/interconnect/jobs/{job_id}/propose" in doc["paths"] and "/v1/jobs" in doc["paths"]
+    with fed3.client("alice", "admin") as admin:
+        admin.request("POST", "/v1/components", new)
+        assert new in admin.request("GET", "/v1/components")
+        with pytest.raises(SiteRequestError, match="package.module:function") as info:
+            admin.request("POST", "/v1/components", {**new, "version": "10", "entrypoint": "rm -rf"})
+        assert info.value.status == 422
 
 
 def test_interconnect_needs_a_certificate_of_a_party_of_the_job(fed3):

@@ -62,6 +62,11 @@ def client_router(service: SiteService) -> APIRouter:
     def reject(job_id: str, body: Annotated[Decision, Body(default_factory=Decision)], actor: str = admin) -> dict[str, Any]:
         return service.decide(job_id, False, body.reason or "rejected", actor)
 
+    _component_routes(r, service, viewer, admin)
+    return r
+
+
+def _component_routes(r: APIRouter, service: SiteService, viewer: Any, admin: Any) -> None:
     @r.get("/components", summary="Components this party runs")
     def list_components(_: str = viewer) -> list[dict[str, str]]:
         with service.db.session() as s:
@@ -72,5 +77,3 @@ def client_router(service: SiteService) -> APIRouter:
         with service.db.session() as s:
             components.add_component(s, body.name, body.version, body.entrypoint)
         return body.model_dump()
-
-    return r
