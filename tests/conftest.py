@@ -6,6 +6,9 @@ import warnings
 import psutil
 import pytest
 
+# The party sites' fixtures (PostgreSQL server, site processes): tests/sitekit.py.
+pytest_plugins = ("sitekit",)
+
 # Party processes are spawned: they import the test modules and `multiparty` from here.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

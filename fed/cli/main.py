@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from fed.cli import EXIT_USAGE, UsageError
 
 #: Modules providing subcommands, in the order shown by ``fed --help``.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("fed.cli.run", "fed.cli.certs", "fed.cli.audit")
+#: ``fed site`` and ``fed job`` live with the site (fed/site): their modules import only
+#: argparse at start, and load the site extra when one of their commands runs.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "fed.cli.run", "fed.cli.certs", "fed.cli.audit", "fed.site.cli", "fed.site.jobcli",
+)
 
 _DESCRIPTION = """\
 Tools for rayfed multi-party programs.
@@ -25,7 +29,8 @@ Tools for rayfed multi-party programs.
 Every party of a rayfed program runs the same driver script
 (`python script.py alice` runs party alice). `fed run` starts all the parties
 of such a script on this machine with wired-up addresses, and `fed certs`
-makes a development PKI for mutual TLS between parties.
+makes a development PKI for mutual TLS between parties. `fed site` runs a
+party's job service and `fed job` talks to it (pip install -e ".[site]").
 """
 
 _EPILOG = """\
@@ -35,6 +40,8 @@ examples:
   fed run train.py --parties alice,bob --simulate
   fed certs --parties alice,bob --out ./certs
   fed audit alice-egress.jsonl --summary
+  fed site init ./alice-site --party alice --federation federation.yaml --certs ./certs
+  fed job submit job.yaml --site ./alice-site
 
 Run `fed COMMAND --help` for the options of a command.
 """
@@ -54,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_extra(argv: list[str]) -> tuple[list[str], Optional[list[str]]]:
+def _split_extra(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Split at the first ``--``: argparse (3.11) mishandles ``--`` with nargs='*'."""
     if "--" in argv:
         i = argv.index("--")
@@ -62,7 +69,7 @@ def _split_extra(argv: list[str]) -> tuple[list[str], Optional[list[str]]]:
     return argv, None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fed`` command; returns the exit code (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     head, extra = _split_extra(argv)

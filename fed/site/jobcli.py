@@ -1,0 +1,120 @@
+"""``fed job``: submit and follow jobs, and approve or reject them, through a site's
+client API with a token.
+
+Which site: ``--site DIR`` (its URL and CA from DIR/site.yaml) or ``--url`` and ``--ca``;
+the token: ``--token`` or the RAYFED_SITE_TOKEN variable (so it stays out of the shell
+history). RAYFED_SITE_URL and RAYFED_SITE_CA stand for ``--url`` and ``--ca``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fed.site.cli import run_site_command
+from fed.site.errors import SiteConfigError
+
+TOKEN_ENV, URL_ENV, CA_ENV = "RAYFED_SITE_TOKEN", "RAYFED_SITE_URL", "RAYFED_SITE_CA"
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from fed.site.client import SiteClient
+    from fed.site.config import load_site
+
+    url, ca = args.url or os.environ.get(URL_ENV), args.ca or os.environ.get(CA_ENV)
+    if args.site:
+        config = load_site(Path(args.site))
+        url, ca = url or config.url, ca or config.tls.ca_cert
+    token = args.token or os.environ.get(TOKEN_ENV)
+    missing = [what for what, v in (("--url (or --site DIR)", url), ("--ca (or --site DIR)", ca),
+                                    (f"--token (or {TOKEN_ENV})", token)) if not v]
+    if missing:
+        raise SiteConfigError(f"which site and token? give {', '.join(missing)}")
+    return SiteClient(url, token, ca)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    print(f"job {job['id']}  {job['state']}" + (f"  ({job['reason']})" if job.get("reason") else ""))
+    print(f"  initiator {job['initiator']}, scheduler {job['scheduler']}, sync {job['sync_mode']}")
+    for p in job["parties"]:
+        why = f"  {p['reason']}" if p.get("reason") else ""
+        print(f"  party {p['party']:<12} {p['approval']:<9}{why}")
+    for t in job.get("tasks", []):
+        parties = ", ".join(f"{pt['party']}={pt['state']}" for pt in t["parties"])
+        print(f"  task  {t['name']:<12} {t['state']:<9} {t['component']} {t['version']}  [{parties}]")
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[Any], None]) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        text(data)
+    return 0
+
+
+def _print_list(jobs: list[dict[str, Any]]) -> None:
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        decided = " ".join(f"{p['party']}:{p['approval']}" for p in job["parties"])
+        print(f"{job['id']}  {job['state']:<17} initiator {job['initiator']:<10} {decided}")
+
+
+def _submit(args: argparse.Namespace, client: Any) -> int:
+    return _emit(args, client.submit(args.spec.model_dump(exclude_none=True)), _print_job)
+
+
+_ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "submit": _submit,
+    "list": lambda a, c: _emit(a, c.jobs(a.state), _print_list),
+    "status": lambda a, c: _emit(a, c.job(a.job), _print_job),
+    "pending": lambda a, c: _emit(a, c.pending(), _print_list),
+    "approve": lambda a, c: _emit(a, c.decide(a.job, True, a.reason), _print_job),
+    "reject": lambda a, c: _emit(a, c.decide(a.job, False, a.reason), _print_job),
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    def body() -> int:
+        if args.job_command == "submit":  # the site's own checks, before any call
+            from fed.site.core.spec import load_spec_file
+
+            args.spec = load_spec_file(args.file)
+        with _client(args) as client:
+            return _ACTIONS[args.job_command](args, client)
+
+    return run_site_command(f"fed job {args.job_command}", body)
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", metavar="DIR", help="a site directory: its URL and CA")
+    p.add_argument("--url", help=f"the site's URL (or {URL_ENV})")
+    p.add_argument("--ca", metavar="FILE", help=f"CA bundle verifying the site (or {CA_ENV})")
+    p.add_argument("--token", help=f"client API token (or {TOKEN_ENV})")
+    p.add_argument("--json", action="store_true", help="print the site's JSON answer")
+    p.set_defaults(handler=_run)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``job`` subcommand group."""
+    job = subparsers.add_parser("job", help="submit, list and approve jobs at a site (needs the site extra)")
+    sub = job.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser("submit", help="propose a job (YAML/JSON spec) from this party's site")
+    p.add_argument("file", metavar="JOB.yaml")
+    _connection(p)
+    p = sub.add_parser("list", help="jobs at the site, newest first")
+    p.add_argument("--state", help="only jobs in this state")
+    _connection(p)
+    p = sub.add_parser("status", help="a job's parties, tasks and states")
+    p.add_argument("job", metavar="JOB")
+    _connection(p)
+    p = sub.add_parser("pending", help="jobs waiting for this party's decision")
+    _connection(p)
+    for name, what in (("approve", "accept a job held for this party"), ("reject", "reject a job (ends it for all)")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("job", metavar="JOB")
+        p.add_argument("--reason", default="", help="shown to every party")
+        _connection(p)

@@ -1,0 +1,88 @@
+"""Serve a site over HTTPS with uvicorn: one port for both APIs.
+
+The TLS handshake asks every client for a certificate and verifies one if given
+(``CERT_OPTIONAL`` against the federation's CA): people and scripts use tokens and
+need none, peer sites present their party certificate. uvicorn does not pass the
+client certificate to the application, so :class:`TlsScopeProtocol` (uvicorn's h11
+protocol, one instance per connection) adds it to each request's ASGI scope as the
+ASGI TLS extension does (``scope["extensions"]["tls"]["client_cert_chain"]``).
+"""
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from fed.site.api.app import create_app
+from fed.site.config import SiteConfig, load_site
+from fed.site.core.db import Database
+from fed.site.service import SiteService
+
+
+class _WithClientCert:
+    """The application, seen through one connection: adds its client certificate."""
+
+    def __init__(self, app: Any, chain: list[str]) -> None:
+        self._app, self._chain = app, chain
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope)
+            scope["extensions"] = {**scope.get("extensions", {}), "tls": {"client_cert_chain": self._chain}}
+        await self._app(scope, receive, send)
+
+
+class TlsScopeProtocol(H11Protocol):
+    """uvicorn's h11 protocol passing the connection's client certificate to the app."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(True) if ssl_object is not None else None
+        self.app = _WithClientCert(self.app, [ssl.DER_cert_to_PEM_cert(der)] if der else [])
+
+
+def open_site(config: SiteConfig) -> SiteService:
+    """The site's service over its migrated database."""
+    db = Database(config.database)
+    db.migrate()
+    return SiteService(config, db)
+
+
+def uvicorn_config(service: SiteService, log_level: str = "warning") -> uvicorn.Config:
+    tls = service.config.tls
+    return uvicorn.Config(
+        create_app(service), host=service.config.listen.host, port=service.config.listen.port,
+        ssl_certfile=tls.cert, ssl_keyfile=tls.key, ssl_ca_certs=tls.ca_cert,
+        ssl_cert_reqs=ssl.CERT_OPTIONAL, http=TlsScopeProtocol, lifespan="off",
+        log_level=log_level, timeout_graceful_shutdown=5,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the caller once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
+
+
+def serve(site_dir: Path, log_level: str = "warning", on_ready: Callable[[SiteConfig], None] | None = None) -> None:
+    """Run the site in ``site_dir`` until SIGINT or SIGTERM (uvicorn exits 1 if it cannot
+    listen, after logging why)."""
+    config = load_site(site_dir)
+    service = open_site(config)
+    ready = (lambda: on_ready(config)) if on_ready is not None else None
+    try:
+        _Server(uvicorn_config(service, log_level), ready).run()
+    finally:
+        service.db.close()
