@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,8 +249,10 @@ def centralized_accuracy(epochs: int) -> float:
         return top_accuracy(top, bottom_a(xa_test), bottom_b(xb_test), y_test)
 
 
-def train_epoch(epoch: int, n_train: int, bottoms: list, top) -> list:
-    """Submit one epoch of split-learning steps; the fed objects of the batch losses."""
+def train_epoch(epoch: int, n_train: int, bottoms: Sequence[Any],
+                top: Any) -> list[fed.FedObject]:
+    """Submit one epoch of split-learning steps to the parties' actors (alice's and bob's
+    BottomParty, carol's TopParty); the fed objects of the batch losses."""
     losses = []
     for batch in range(len(batches(epoch, n_train))):
         emb_alice, emb_bob = (b.forward.remote(epoch, batch) for b in bottoms)
