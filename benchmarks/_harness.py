@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Self
+from typing import Any, Callable, Self
 
 MiB = 1024 * 1024
 
@@ -230,33 +230,47 @@ def settle_memory(sid: int, quiet_s: float = 2.0, max_s: float = 20.0) -> dict[s
     return session_memory(sid)
 
 
-class MemorySampler:
-    """Samples a session's memory every `interval` s in a thread; keeps the peak."""
+class Periodic:
+    """Runs `tick()` every `interval` s on a daemon thread while its `with` block runs."""
 
-    def __init__(self, sid: int, interval: float = 0.02) -> None:
-        self.sid = sid
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.peak = {"rss": 0, "pss": 0, "processes": 0}
-        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            now = session_memory(self.sid)
-            self.samples += 1
-            for k in ("rss", "pss"):
-                self.peak[k] = max(self.peak[k], now[k])
-            self.peak["processes"] = max(self.peak["processes"], now["processes"])
-            self._stop.wait(self.interval)
+        while True:
+            self.tick()
+            if self._stop.wait(self.interval):
+                return
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class MemorySampler(Periodic):
+    """Samples a session's memory every `interval` s in a thread; keeps the peak."""
+
+    def __init__(self, sid: int, interval: float = 0.02) -> None:
+        super().__init__(interval)
+        self.sid = sid
+        self.peak = {"rss": 0, "pss": 0, "processes": 0}
+        self.samples = 0
+
+    def tick(self) -> None:
+        now = session_memory(self.sid)
+        self.samples += 1
+        for k in ("rss", "pss"):
+            self.peak[k] = max(self.peak[k], now[k])
+        self.peak["processes"] = max(self.peak["processes"], now["processes"])
 
 
 def process_rss(pid: int) -> int:
@@ -284,29 +298,18 @@ def settle_rss(pid: int, quiet_s: float = 1.0, max_s: float = 10.0,
     return process_rss(pid)
 
 
-class RssSampler:
+class RssSampler(Periodic):
     """Samples one process's RSS every `interval` s in a thread; keeps the peak."""
 
     def __init__(self, pid: int, interval: float = 0.005) -> None:
-        self.pid, self.interval = pid, interval
+        super().__init__(interval)
+        self.pid = pid
         self.peak = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process_rss(self.pid))
-            self.samples += 1
-            self._stop.wait(self.interval)
+    def tick(self) -> None:
+        self.peak = max(self.peak, process_rss(self.pid))
+        self.samples += 1
 
 
 # ---- parent <-> party signalling through files (both engines, no fed involved) ----------
@@ -579,7 +582,7 @@ def load_average() -> tuple[float, float, float]:
 
 __all__ = [
     "MiB", "PartyRun", "run_parties", "session_memory", "settle_memory", "MemorySampler",
-    "process_rss", "settle_rss", "RssSampler",
+    "Periodic", "process_rss", "settle_rss", "RssSampler",
     "post", "await_signal", "socket_throughput", "socket_round_trip", "memcpy_seconds",
     "plain_ray_tiny_seconds", "plain_ray_fl_seconds",
     "median", "machine", "load_average",

@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 import msgpack
+from _harness import Periodic
 
 from fed.transport import wire
 
@@ -179,29 +179,19 @@ def million_buffers(target: Target, hold_s: float, connections: int = 32) -> int
     return len(socks)
 
 
-class Trickler:
-    """Sends one byte every `every_s` on each of its sockets until stopped."""
+class Trickler(Periodic):
+    """Sends one byte every `every_s` on each of its sockets until its block ends."""
 
     def __init__(self, socks: list, every_s: float = 0.5) -> None:
-        self.socks, self.every_s = socks, every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every_s)
+        self.socks = socks
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            for sock in self.socks:
-                try:
-                    sock.send(b"\0")
-                except OSError:
-                    pass
+    def tick(self) -> None:
+        for sock in self.socks:
+            try:
+                sock.send(b"\0")
+            except OSError:
+                pass
 
 
 def _stall(sock: socket.socket, target: Target, how: int) -> socket.socket | None:

@@ -25,18 +25,25 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import _hostile
-from _harness import MiB, PartyRun, RssSampler, machine, session_processes, settle_rss
+from _harness import (
+    MiB,
+    PartyRun,
+    Periodic,
+    RssSampler,
+    machine,
+    session_processes,
+    settle_rss,
+)
 from _honest import party_main
 
 from fed.cli.certs import create_dev_pki, party_paths
@@ -75,29 +82,17 @@ def phases(alice_ordinal: Callable[[], int]) -> list:
     ]
 
 
-class Prober:
+class Prober(Periodic):
     """Once a second: a fresh connection as alice, HELLO then PING; counts successes."""
 
     def __init__(self, target: _hostile.Target, every_s: float = 1.0) -> None:
-        self.target, self.every_s = target, every_s
+        super().__init__(every_s)
+        self.target = target
         self.ok = self.tried = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self.tried += 1
-            self.ok += self._probe()
-            if self._stop.wait(self.every_s):
-                return
+    def tick(self) -> None:
+        self.tried += 1
+        self.ok += self._probe()
 
     def _probe(self) -> bool:
         sock = _hostile.session(self.target, src="alice", source="127.0.0.1")
