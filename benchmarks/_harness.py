@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Self
 
 MiB = 1024 * 1024
 
@@ -83,18 +83,22 @@ def _kill_session(sid: int) -> None:
 
 @dataclass
 class PartyRun:
-    """Two (or more) party processes running `fn(party, addresses, *args)`."""
+    """Two (or more) party processes running `fn(party, addresses, *args)`; `addresses`
+    (every party of the job, not only these processes) or free loopback ports."""
 
     fn: Callable
     parties: tuple[str, ...] = ("alice", "bob")
     args: tuple = ()
     timeout: float = 900.0
+    addresses: dict | None = None
     procs: dict = field(default_factory=dict)
     pipes: dict = field(default_factory=dict)
 
     def start(self) -> "PartyRun":
-        ports = free_ports(len(self.parties))
-        addresses = {p: f"127.0.0.1:{port}" for p, port in zip(self.parties, ports)}
+        addresses = self.addresses
+        if addresses is None:
+            ports = free_ports(len(self.parties))
+            addresses = {p: f"127.0.0.1:{port}" for p, port in zip(self.parties, ports)}
         ctx = mp.get_context("spawn")
         for party in self.parties:
             recv, send = ctx.Pipe(duplex=False)
@@ -226,33 +230,86 @@ def settle_memory(sid: int, quiet_s: float = 2.0, max_s: float = 20.0) -> dict[s
     return session_memory(sid)
 
 
-class MemorySampler:
-    """Samples a session's memory every `interval` s in a thread; keeps the peak."""
+class Periodic:
+    """Runs `tick()` every `interval` s on a daemon thread while its `with` block runs."""
 
-    def __init__(self, sid: int, interval: float = 0.02) -> None:
-        self.sid = sid
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.peak = {"rss": 0, "pss": 0, "processes": 0}
-        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            now = session_memory(self.sid)
-            self.samples += 1
-            for k in ("rss", "pss"):
-                self.peak[k] = max(self.peak[k], now[k])
-            self.peak["processes"] = max(self.peak["processes"], now["processes"])
-            self._stop.wait(self.interval)
+        while True:
+            self.tick()
+            if self._stop.wait(self.interval):
+                return
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class MemorySampler(Periodic):
+    """Samples a session's memory every `interval` s in a thread; keeps the peak."""
+
+    def __init__(self, sid: int, interval: float = 0.02) -> None:
+        super().__init__(interval)
+        self.sid = sid
+        self.peak = {"rss": 0, "pss": 0, "processes": 0}
+        self.samples = 0
+
+    def tick(self) -> None:
+        now = session_memory(self.sid)
+        self.samples += 1
+        for k in ("rss", "pss"):
+            self.peak[k] = max(self.peak[k], now[k])
+        self.peak["processes"] = max(self.peak["processes"], now["processes"])
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of one process in bytes (/proc/<pid>/statm: cheap to read often);
+    0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def settle_rss(pid: int, quiet_s: float = 1.0, max_s: float = 10.0,
+               tolerance: int = MiB) -> int:
+    """The process's RSS once it stopped moving by more than `tolerance` for `quiet_s`."""
+    deadline = time.monotonic() + max_s
+    last, stable_since = process_rss(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = process_rss(pid)
+        if abs(now - last) > tolerance:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_s:
+            return now
+    return process_rss(pid)
+
+
+class RssSampler(Periodic):
+    """Samples one process's RSS every `interval` s in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        super().__init__(interval)
+        self.pid = pid
+        self.peak = 0
+        self.samples = 0
+
+    def tick(self) -> None:
+        self.peak = max(self.peak, process_rss(self.pid))
+        self.samples += 1
 
 
 # ---- parent <-> party signalling through files (both engines, no fed involved) ----------
@@ -525,6 +582,7 @@ def load_average() -> tuple[float, float, float]:
 
 __all__ = [
     "MiB", "PartyRun", "run_parties", "session_memory", "settle_memory", "MemorySampler",
+    "Periodic", "process_rss", "settle_rss", "RssSampler",
     "post", "await_signal", "socket_throughput", "socket_round_trip", "memcpy_seconds",
     "plain_ray_tiny_seconds", "plain_ray_fl_seconds",
     "median", "machine", "load_average",

@@ -310,6 +310,9 @@ class EgressConfig:
         return cls(allowed_parties=allowed, policy=policy, audit_log=audit)
 
 
+#: A job name travels in every HELLO, which a receiver reads only up to 4 KiB
+#: (fed.transport.limits.SMALL_FRAME_BYTES): 512 characters are at most 2 KiB of UTF-8.
+MAX_JOB_NAME_CHARS = 512
 TOP_LEVEL_KEYS = ("cross_silo_comm", "barrier_on_initializing", "egress")
 
 
@@ -428,6 +431,9 @@ def build_config(
         job_name = "anonymous"
     if not isinstance(job_name, str) or not job_name or not job_name.isprintable():
         raise FedConfigError(f"job_name must be a non-empty printable string, got {job_name!r}")
+    if len(job_name) > MAX_JOB_NAME_CHARS:  # it travels in every HELLO (at most 4 KiB)
+        raise FedConfigError(f"job_name has {len(job_name)} characters; at most "
+                             f"{MAX_JOB_NAME_CHARS} are allowed, got {job_name[:40]!r}...")
     raw_tls = tls_config if tls_config else _tls_from_env(party)
     tls = TlsConfig.from_dict(raw_tls, list(parties), party) if raw_tls is not None else None
     cfg = FedConfig(

@@ -94,6 +94,8 @@ def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ra
             except FedEgressDenied:
                 # dst's barrier on it must not wait; the policy's reason stays here.
                 ctx.transport.vetoed(key, f"party {src!r}'s egress policy did not let it leave")
+                if ctx.executes(dst):  # simulation: dst's copy fails, now and at every reuse
+                    obj._received[dst] = ctx.transport.receive(key)
                 raise
             ctx.transport.send(key, obj._ref)
         if ctx.executes(dst):

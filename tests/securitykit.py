@@ -192,6 +192,31 @@ def actor_rss(actor) -> int:
     return ray.get(actor.__ray_call__.remote(rss))
 
 
+def reset_peak_rss(actor) -> int:
+    """Restart the peak resident memory (VmHWM) of the process hosting `actor` from its
+    current RSS (Linux: /proc/self/clear_refs); return that RSS in bytes."""
+    import ray
+
+    def reset(_self) -> int:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    return ray.get(actor.__ray_call__.remote(reset))
+
+
+def peak_rss(actor) -> int:
+    """The peak resident memory of the process hosting `actor` since its last reset."""
+    import ray
+
+    def peak(_self) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    return ray.get(actor.__ray_call__.remote(peak))
+
+
 def encode_map(body: dict) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 

@@ -131,3 +131,13 @@ def test_party_names_invalid_everywhere(name: str) -> None:
         init(addresses={name: "127.0.0.1:1", "other": "127.0.0.1:2"}, party="other")
     with pytest.raises(UsageError):
         validate_parties([name, "other"])
+
+
+def test_job_name_fits_the_hello_a_receiver_reads() -> None:
+    """The job name travels in every HELLO, which receivers read up to 4 KiB only."""
+    ok = build_config(party="alice", addresses=ADDRESSES, cluster=None, config=None,
+                      tls_config=None, job_name="é" * 512, mode=None)
+    assert len(ok.job_name) == 512
+    with pytest.raises(FedConfigError, match="at most 512"):
+        build_config(party="alice", addresses=ADDRESSES, cluster=None, config=None,
+                     tls_config=None, job_name="j" * 513, mode=None)

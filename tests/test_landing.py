@@ -66,6 +66,7 @@ def solo_landing(party, addresses):
     import ray
 
     from fed import serialization
+    from fed.transport.limits import allocate
     from fed.transport.plasma import InObjectStore, Landing
 
     start_ray()
@@ -76,8 +77,10 @@ def solo_landing(party, addresses):
     assert isinstance(landing, Landing), "a 4 MiB value must take the object-store path"
     assert Landing.maybe(sizes, "error") is None
     assert Landing.maybe([10, 1000], "value") is None
-    for target, source in zip(landing.buffers, [pickled, *buffers]):
-        memoryview(target)[:] = memoryview(source).cast("B")
+    for i, source in enumerate([pickled, *buffers]):
+        if landing.buffers[i] is None:  # small: allocated when its first byte arrives
+            landing.buffers[i] = allocate(sizes[i])
+        memoryview(landing.buffers[i])[:] = memoryview(source).cast("B")
     marker = landing.marker(serialization.default_allowlist())
     assert isinstance(marker, InObjectStore)
     back = ray.get(ray.put(marker))  # unpickling the marker gives the value itself

@@ -959,3 +959,81 @@ def test_first_dumps_and_loads_from_many_threads_while_numpy_imports() -> None:
         done = subprocess.run([sys.executable, "-c", _FIRST_USE_RACE], env=env, cwd=root,
                               capture_output=True, text=True, timeout=200)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------- checking without building
+
+
+class _Recorder(pickle.Unpickler):
+    """The real unpickler, recording every global it is asked for."""
+
+    def __init__(self, data: bytes, buffers: list) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self.names: list[tuple[str, str]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.names.append((module, name))
+        return super().find_class(module, name)
+
+
+def _corpus() -> list:
+    structured = np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8", (2,))])
+    return [
+        1, "text", b"bytes", [1, [2, (3, {4: 5})]], {"a": np.arange(10), "b": np.float32(2)},
+        np.ones((4, 4), dtype=np.complex64)[:, ::2], structured, np.datetime64("2024-01-02"),
+        collections.OrderedDict(a=1), collections.deque([1, 2]), collections.Counter("aab"),
+        datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc), decimal.Decimal("1.5"),
+        fractions.Fraction(1, 3), bytearray(b"ab"), ValueError("x"), Point(1, 2),
+        Outer.Inner(3), [Point(1, 2), Point(1, 2), np.dtype("<f8"), np.dtype("<f8")],
+        FedRemoteError("alice", "f", "builtins.ValueError", "m"), {"x": set(range(3))},
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_corpus())))
+def test_check_names_exactly_the_globals_the_unpickler_loads(index: int) -> None:
+    """serialization.check must see every global the unpickler would load (else a
+    refused type could slip through unclaimed values): compare with the real one."""
+    from fed.serialization import _pickle_globals
+
+    data, buffers = dumps(_corpus()[index])
+    recorder = _Recorder(data, [bytearray(b) for b in buffers])
+    recorder.load()
+    names, used = _pickle_globals(data)
+    assert names == recorder.names
+    assert used == len(buffers)
+
+
+def test_check_refuses_what_loads_refuses_and_builds_nothing() -> None:
+    from fed.serialization import check
+
+    allow_points = Allowlist([f"{MODULE}.Point"])
+    data, buffers = dumps(Point(1, 2))
+    check(data, len(buffers), allow_points)
+    with pytest.raises(FedDeserializationRefused, match="Point"):
+        check(data, len(buffers), DEFAULT)
+    for protocol in (0, 2, 5):  # GLOBAL / STACK_GLOBAL forms of the same call
+        with pytest.raises(FedDeserializationRefused, match="system"):
+            check(pickle.dumps(SystemPayload(Path("x")), protocol=protocol), 0, DEFAULT)
+    # 32 bytes of admitted types that would decode to 1 GiB: checked, not built.
+    bomb = (b"\x80\x05\x8c\x08builtins\x8c\tbytearray\x93J" + (1 << 30).to_bytes(4, "little")
+            + b"\x85R.")
+    check(bomb, 0, DEFAULT)
+    with pytest.raises(FedSerializationError, match="out-of-band buffers"):
+        check(*dumps(np.arange(3))[:1], 0, DEFAULT)
+    with pytest.raises(FedSerializationError, match="trailing"):
+        check(pickle.dumps(1, protocol=5) + b"x", 0, DEFAULT)
+
+
+@pytest.mark.parametrize("forged", [
+    b"\x80\x05\x8c\x05posix2\x8c\x06system\x93.",   # DUP: names not pushed just before
+    b"\x80\x05\x8c\x05posixK\x00\x8c\x06system\x93.",  # an int between the two names
+    b"\x80\x05\x82\x01.",  # EXT1: the copyreg extension registry, not find_class
+    b"\x80\x05Q.",  # BINPERSID
+])
+def test_check_refuses_what_it_cannot_follow(forged: bytes) -> None:
+    from fed.serialization import check
+
+    with pytest.raises(FedSerializationError):
+        check(forged, 0, DEFAULT)

@@ -159,6 +159,40 @@ def test_message_size_limit_applies():
         fed.shutdown()
 
 
+@fed.remote
+def secret(x):
+    return x
+
+
+def no_secrets(send: fed.egress.EgressRequest) -> bool:
+    return not send.call.endswith(".secret")
+
+
+@pytest.mark.timeout(60)
+def test_a_vetoed_value_fails_every_later_use_in_the_consumer_party():
+    """Once alice's egress policy vetoed a value for bob, bob's copy is a failed barrier,
+    as in production: every later use of it in bob fails with the same error (never a
+    silent None), and fed.get, which checks every party's copy, fails the same way."""
+    fed.init(addresses=addresses(["alice", "bob"]), party="alice", mode="simulation",
+             config={"egress": {"policy": no_secrets}}, logging_level="error")
+    try:
+        x = secret.party("alice").remote(5)
+        with pytest.raises(fed.FedEgressDenied):
+            add.party("bob").remote(x, 1)
+        crossed = add.party("bob").remote(add.party("alice").remote(1, 1), 1)
+        for _ in range(2):  # bob's task on it fails; alice learns it as bob's failure
+            with pytest.raises(fed.FedRemoteError) as info:
+                fed.get(add.party("bob").remote(x, 1))
+            assert info.value.cause_type == "fed.errors.FedTransportError"
+            assert "will not come" in info.value.message
+        for _ in range(2):
+            with pytest.raises(fed.FedTransportError, match="egress policy did not let it leave"):
+                fed.get(x)
+        assert fed.get(crossed) == 3
+    finally:
+        fed.shutdown()
+
+
 @pytest.mark.timeout(90)
 def test_waiting_crossings_hold_no_worker_process():
     """Values waiting to cross cost no process (they used to hold one worker each)."""

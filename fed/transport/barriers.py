@@ -3,8 +3,11 @@
 A value that arrives before its barrier is held (charged to its sender's budget, see
 budget.py) until the barrier claims it; a barrier that comes first waits on a future
 the arrival completes. Every slot (source party, ordinal) is served once: a value for
-a slot already consumed is a duplicate and is dropped. Decoding (`decode`) runs on
-the connection thread that read the value; everything else runs on the loop.
+a slot already consumed is a duplicate and is dropped. Checking or decoding
+(`decode`) runs on the connection thread that read the value: a value its barrier
+waits for is decoded there; any other is only checked, and held as the bytes received
+until its barrier decodes it, since a small pickle may decode to far more memory than
+the budget charged. Everything else runs on the loop.
 """
 from __future__ import annotations
 
@@ -25,14 +28,17 @@ from fed.transport.plasma import Landing
 @dataclass
 class Arrived:
     key: MessageKey
+    kind: str = "value"  # or "error": an error envelope
     value: Any = None
     error: BaseException | None = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
     wire_bytes: int = 0  # the value's size on the wire (stats)
-    #: The received buffers of a value held until claimed: kept instead of the decoded
-    #: value (which may be far larger than what the budget charged) and decoded again
-    #: by the barrier.
+    #: The received buffers, when the barrier must decode them (value and error are not
+    #: set then): a value held until claimed is kept as the bytes the budget charged.
     encoded: list | None = None
+    #: The buffers of a value decoded on arrival, kept in case no barrier takes it after
+    #: all (it is then held as `encoded`); None once delivered.
+    raw: list | None = None
 
 
 class Barriers:
@@ -77,12 +83,16 @@ class Barriers:
             self._budget.awaiting(slot, False)
 
     async def value(self, arrived: Arrived, key: MessageKey) -> Any:
-        """The barrier's result: the value (decoded again if it was held) or its error."""
+        """The barrier's result: the value (decoded now, off the loop, if it was held
+        as received) or its error."""
+        if arrived.encoded is not None:
+            value = await asyncio.get_running_loop().run_in_executor(
+                None, loads, arrived.encoded, self._allowlist)
+            if arrived.kind == "error":
+                raise _raisable(error_from_wire(value, key.src, key.producer_call), key)
+            return value
         if arrived.error is not None:
             raise _raisable(arrived.error, key)
-        if arrived.encoded is not None:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, loads, arrived.encoded, self._allowlist)
         return arrived.value
 
     def on_arrival(self, arrived: Arrived, value: Inflight) -> bool:
@@ -106,12 +116,13 @@ class Barriers:
         nbytes = value.charged
         self._counters.received(key.src, arrived.wire_bytes)
         if waiter is not None:
-            arrived.encoded = None
+            arrived.raw = None
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
         else:
-            if arrived.encoded is not None:
-                arrived.value = None  # held as the charged bytes; decoded when claimed
+            if arrived.raw is not None:  # held as the charged bytes; decoded when claimed
+                arrived.encoded, arrived.value, arrived.error = arrived.raw, None, None
+                arrived.raw = None
             arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
@@ -152,32 +163,44 @@ class Barriers:
 
 
 def decode(key: MessageKey, kind: str, buffers: list, landing: Landing | None,
-           allowlist: Any, log: logging.LoggerAdapter) -> Arrived:
-    """Unpickle (through the allowlist) what arrived; a large value is handed to the
-    object store and represented by its marker."""
-    arrived = Arrived(key)
+           allowlist: Any, log: logging.LoggerAdapter, awaited: bool) -> Arrived:
+    """What arrived, checked against the allowlist. A value its barrier waits for
+    (`awaited`) is unpickled now; any other is only checked (serialization.check builds
+    nothing) and held as its bytes until claimed. A large value goes to the object
+    store and is represented by its marker."""
+    arrived = Arrived(key, kind=kind, raw=buffers)
     try:
-        with memoryview(buffers[0]) as data:
-            value = serialization.loads(data, buffers[1:], allowlist)
-        if kind == "error":
-            arrived.error = error_from_wire(value, key.src, key.producer_call)
-        elif landing is not None:
-            try:
-                del value  # the marker is rebuilt from the object store
-                arrived.value = landing.marker(allowlist)
-            except Exception as exc:  # noqa: BLE001  (e.g. the object store is full: keep it here)
-                log.warning("keeping a %d byte value in the receiver (the object "
-                            "store refused it: %s)", sum(landing.sizes), exc)
-                arrived.value = serialization.loads(bytes(buffers[0]), buffers[1:], allowlist)
+        if landing is not None or not awaited:
+            serialization.check(buffers[0], len(buffers) - 1, allowlist)
+        if landing is not None:
+            _land(arrived, landing, allowlist, log)
+        elif awaited:
+            value = loads(buffers, allowlist)
+            if kind == "error":
+                arrived.error = error_from_wire(value, key.src, key.producer_call)
+            else:
+                arrived.value = value
         else:
-            arrived.value, arrived.encoded = value, buffers
+            arrived.encoded = buffers
     except FedSerializationError as exc:
-        arrived.error = exc
+        arrived.error, arrived.encoded, arrived.raw = exc, None, None
     return arrived
 
 
+def _land(arrived: Arrived, landing: Landing, allowlist: Any,
+          log: logging.LoggerAdapter) -> None:
+    """A large value's buffers into the object store; the barrier gets a marker that
+    unpickles (through the allowlist) where the value is used."""
+    try:
+        arrived.value, arrived.raw = landing.marker(allowlist), None
+    except Exception as exc:  # noqa: BLE001  (e.g. the object store is full: keep it here)
+        log.warning("keeping a %d byte value in the receiver (the object store refused "
+                    "it: %s)", sum(landing.sizes), exc)
+        arrived.encoded = arrived.raw = landing.detach()
+
+
 def loads(buffers: list, allowlist: Any) -> Any:
-    """Decode a held value's buffers again (they passed the allowlist on arrival)."""
+    """Decode a value's received buffers (the pickle, then its out-of-band buffers)."""
     with memoryview(buffers[0]) as data:
         return serialization.loads(data, buffers[1:], allowlist)
 

@@ -67,6 +67,11 @@ class MessageKey:
 _KEY_FIELDS = tuple(f.name for f in fields(MessageKey))
 
 
+def veto_text(key: MessageKey, reason: str) -> str:
+    """What the consumer of a vetoed value is told (NOTICE `send_failed`)."""
+    return f"value #{key.ordinal} ({key.producer()}) will not come: {reason}"
+
+
 class Transport(abc.ABC):
     """What the driver needs from a channel backend."""
 
@@ -102,7 +107,9 @@ class Transport(abc.ABC):
 
     def vetoed(self, key: MessageKey, reason: str) -> None:
         """`key`'s value will never be sent (this party's egress policy refused it): tell
-        `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks."""
+        `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks.
+        A transport that also executes `key.dst` (simulation) makes its `receive(key)`
+        fail as that barrier would."""
 
     def stats(self) -> dict[str, Any]:
         """Counters a user can read: values and bytes per peer, retries, refusals."""

@@ -1,9 +1,11 @@
 """Backpressure for the receiver: how many bytes each peer may make this party hold.
 
 The budget charges bytes that *arrived*, never bytes a header merely declares: every
-DATA frame is charged before it is read, and a value's charge stays until a barrier
-claims it or the value is dropped (stalled stream, refusal, closed connection), when
-it is returned at once.
+DATA frame is charged before it is read (plus bookkeeping per declared buffer, which
+must fit the limit), and a value's charge stays until a barrier claims it or the
+value is dropped (stalled stream, refusal, closed connection), when it is returned at
+once. `FrameSlots` bounds the other thing a peer can make us hold: large control
+frames being decoded, one per peer at a time.
 
 A frame fits when the peer's charged bytes stay within the limit, or when its value
 is the oldest one in flight from that peer and the peer holds no finished value (so
@@ -17,6 +19,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 Slot = tuple[str, int]  # (source party, ordinal)
@@ -61,12 +65,19 @@ class PeerBudget:
             self._inflight.setdefault(peer, {})[value.seq] = value
             return value
 
-    def charge(self, value: Inflight, nbytes: int, timeout_s: float) -> bool:
-        """Charge `nbytes` about to be read for `value`; wait up to `timeout_s` for room."""
+    def charge(self, value: Inflight, nbytes: int, timeout_s: float,
+               oldest_may_exceed: bool = True) -> bool:
+        """Charge `nbytes` about to be read for `value`; wait up to `timeout_s` for room.
+        Without `oldest_may_exceed` (bookkeeping declared in a header, not bytes that
+        arrived) the charge must fit the limit unless a barrier waits for the value;
+        one larger than the limit is refused at once."""
         peer = value.slot[0]
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while not self._fits(value.slot, nbytes, value):
+            if (not oldest_may_exceed and self._limit is not None and nbytes > self._limit
+                    and value.slot not in self._awaited):
+                return False  # more than the whole limit: waiting cannot help
+            while not self._fits(value.slot, nbytes, value if oldest_may_exceed else None):
                 if value.settled or not self._wait(deadline):
                     return False
             if value.settled:
@@ -123,6 +134,11 @@ class PeerBudget:
             else:
                 self._awaited.discard(slot)
 
+    def is_awaited(self, slot: Slot) -> bool:
+        """Whether a barrier waits for `slot` now."""
+        with self._cond:
+            return slot in self._awaited
+
     def held(self) -> dict[str, int]:
         with self._cond:
             return {p: n for p, n in self._held.items() if n}
@@ -132,3 +148,57 @@ class PeerBudget:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class FrameSlots:
+    """At most one large control frame per peer is read and decoded at a time.
+
+    Decoding a control frame (msgpack) can cost up to 80 times its size in Python
+    objects, so frames above `small` bytes take their peer's one slot first: what a
+    peer's large frames cost is then one frame, however many connections it holds.
+    """
+
+    def __init__(self, small: int) -> None:
+        self._small = small
+        self._busy: set[str] = set()
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, peer: str, length: int, deadline: float) -> Iterator[Callable[[], None]]:
+        """Hold `peer`'s slot for a frame of `length` bytes (none needed for a small one)
+        until the block ends or the `release` it yields is called; TimeoutError if the
+        slot is not free by `deadline`."""
+        if length <= self._small:
+            yield _nothing
+            return
+        with self._cond:
+            while peer in self._busy or self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    raise TimeoutError(f"a large frame from {peer!r} waited for its slot")
+                self._cond.wait(remaining)
+            self._busy.add(peer)
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                with self._cond:
+                    self._busy.discard(peer)
+                    self._cond.notify_all()
+
+        try:
+            yield release
+        finally:
+            release()
+
+    def close(self) -> None:
+        """Wake every waiting connection: the receiver stops."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _nothing() -> None:
+    pass

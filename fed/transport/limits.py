@@ -6,6 +6,7 @@ all of them, and the connection is closed, never the receiver.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import mmap
@@ -16,9 +17,32 @@ from fed.errors import FedLimitError
 
 #: Buffers at least this large are anonymous memory maps: pages are committed only as
 #: bytes arrive (and the budget is charged per DATA frame before it is read), so a
-#: declared size costs address space, not memory, until its bytes arrive.
+#: declared size costs address space, not memory, until its bytes arrive. Smaller
+#: ones are allocated when their first byte arrives (fed.transport.session).
 _LAZY_BUFFER_BYTES = 1024 * 1024
 _MAX_LOGGED_KINDS = 1000
+#: mallopt's parameter number for glibc's mmap threshold, and the value it is set to.
+_M_MMAP_THRESHOLD = -3
+_MMAP_FROM_BYTES = 128 * 1024
+
+#: What each buffer a MSG header declares costs before its bytes arrive (its size, its
+#: slot, the buffer object), charged to the peer's budget when the header is accepted.
+BUFFER_BOOKKEEPING_BYTES = 128
+#: Control frames up to this size (and every HELLO) are part of a connection's fixed
+#: overhead; a larger one (a MSG header of a value with many buffers, a heartbeat
+#: listing many barriers) first takes its peer's one large-frame slot
+#: (fed.transport.budget.FrameSlots).
+SMALL_FRAME_BYTES = 4096
+#: The most memory a control frame can take while it is decoded, per byte of it: msgpack
+#: turns a one-byte empty map into a 64-byte dict plus an 8-byte slot (72), with the
+#: frame itself and allocator slack on top.
+FRAME_DECODE_FACTOR = 81
+#: What one connection may hold beyond its peer's budget: its thread's stack, TLS state,
+#: a small control frame and what it decodes to (SMALL_FRAME_BYTES x FRAME_DECODE_FACTOR),
+#: and the scratch buffer a duplicate's or refused stream's bytes are dropped into
+#: (64 KiB each); glibc keeps no large freed block (return_freed_memory). Measured under an
+#: authenticated hostile peer by benchmarks/hostile_peer.py (docs/benchmarks.md).
+CONNECTION_OVERHEAD_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,7 +151,44 @@ class RefusalLog:
 
 
 def allocate(size: int) -> Union[bytearray, mmap.mmap]:
-    """A zeroed, writable buffer of `size` bytes whose memory is committed as it is written."""
+    """A zeroed, writable buffer of `size` bytes: a memory map, committed as it is written,
+    from 1 MiB up; below, a bytearray (callers allocate it when its first byte arrives)."""
     if size < _LAZY_BUFFER_BYTES:
         return bytearray(size)
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
+def return_freed_memory() -> bool:
+    """Make this process's glibc malloc return every freed block of 128 KiB or more to
+    the system at once (a fixed mmap threshold); True if it did.
+
+    By default glibc raises that threshold (up to 32 MiB) after such a block is freed,
+    and from then on keeps freed blocks below it in the freeing thread's arena. The
+    receiver decodes frames on a thread per connection, so a peer sending large frames
+    on many connections would leave that much resident memory behind per arena, beyond
+    anything the budget counts. Other C libraries are left as they are.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM_BYTES))
+
+
+def reserve(size: int) -> mmap.mmap | None:
+    """A large receive buffer up front: a memory map, so only address space until bytes
+    arrive, and a size the machine cannot map fails before any byte is read. None for
+    a small one: `allocate` it when its first byte arrives."""
+    return allocate(size) if size >= _LAZY_BUFFER_BYTES else None
+
+
+def peer_memory_bound(limits: ReceiverLimits, connections: int) -> int:
+    """The most one peer holding `connections` connections can make this party's
+    receiver hold (docs/security.md): its budget, one large control frame being
+    decoded, and each connection's fixed overhead. Not included: values our barriers
+    wait for, and one value larger than the budget (it may cross alone)."""
+    budget = limits.max_buffered_bytes_per_peer
+    if budget is None:
+        raise ValueError("no bound without max_buffered_bytes_per_peer")
+    return (budget + limits.max_header_bytes * FRAME_DECODE_FACTOR
+            + connections * CONNECTION_OVERHEAD_BYTES)

@@ -169,6 +169,21 @@ class Listener:
     def _handle(self, conn: Conn) -> None:
         """A connection's thread: TLS, then the protocol; a refusal is answered."""
         try:
+            refusal = self._serve_until_refused(conn)
+            if refusal is not None:  # answered once the frames that raised it are gone:
+                refusal.__traceback__ = refusal.__context__ = None  # what they decoded is freed
+                refusal.party = refusal.party or conn.peer
+                self._refused(conn.sock, refusal)
+        finally:
+            self._admission.forget(conn)
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+
+    def _serve_until_refused(self, conn: Conn) -> Refusal | None:
+        """TLS, then the protocol until the connection ends; the refusal to answer, if any."""
+        try:
             tune(conn.sock)
             deadline = time.monotonic() + self._limits.handshake_timeout_s
             if self._ssl is not None:
@@ -177,19 +192,12 @@ class Listener:
         except (TimeoutError, wire.PeerClosed, ConnectionError, ssl.SSLError, OSError):
             pass
         except Refusal as refusal:
-            refusal.party = refusal.party or conn.peer
-            self._refused(conn.sock, refusal)
+            return refusal
         except wire.ProtocolError as exc:
-            self._refused(conn.sock, Refusal("protocol", str(exc), party=conn.peer))
+            return Refusal("protocol", str(exc))
         except Exception as exc:  # noqa: BLE001  (hostile input must never take the receiver down)
-            detail = f"{type(exc).__name__}: {exc}"[:500]
-            self._refused(conn.sock, Refusal("protocol", detail, party=conn.peer))
-        finally:
-            self._admission.forget(conn)
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
+            return Refusal("protocol", f"{type(exc).__name__}: {exc}"[:500])
+        return None
 
     def _refused(self, sock: socket.socket, refusal: Refusal) -> None:
         """Log (once per peer and reason), count, and tell the sender why; the caller closes."""

@@ -27,10 +27,11 @@ from fed.errors import (
     FedError,
     FedRemoteError,
     FedSerializationError,
+    FedTransportError,
     refused_error,
     remote_error_from,
 )
-from fed.transport.base import MessageKey, Transport
+from fed.transport.base import MessageKey, Transport, veto_text
 
 # Crossings waiting for their input at once; beyond it they queue in the actor (in
 # submission order, so the queue cannot deadlock: a crossing only waits on earlier work).
@@ -103,6 +104,11 @@ class _Crossing:
                 exc.type_name, f"(party {key.dst!r} receiving {key.producer()}) {exc.hint}"
             ) from None
 
+    async def vetoed(self, key_dict: dict[str, Any], text: str) -> None:
+        """What the consumer's barrier raises for a value its producer's egress vetoed."""
+        key = MessageKey.from_dict(key_dict)
+        raise FedTransportError(f"party {key.src!r} reports: {text}")
+
     def stats(self) -> dict[str, Any]:
         return {
             "values": dict(self._values),
@@ -120,7 +126,8 @@ class LocalTransport(Transport):
 
     def __init__(self, config: FedConfig) -> None:
         self._config = config
-        self._in_flight: dict[tuple[str, str, int], "ray.ObjectRef"] = {}
+        # The producer's ref, or the reason its egress vetoed the value (a str).
+        self._in_flight: dict[tuple[str, str, int], "ray.ObjectRef | str"] = {}
         self._crossing: Optional["ray.actor.ActorHandle"] = None
 
     def start(self) -> None:
@@ -134,10 +141,15 @@ class LocalTransport(Transport):
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
         self._in_flight[(key.src, key.dst, key.ordinal)] = ref
 
+    def vetoed(self, key: MessageKey, reason: str) -> None:
+        self._in_flight[(key.src, key.dst, key.ordinal)] = veto_text(key, reason)
+
     def receive(self, key: MessageKey) -> "ray.ObjectRef":
         if self._crossing is None:
             raise FedError("the simulated channel is stopped: call fed.init first")
         ref = self._in_flight.pop((key.src, key.dst, key.ordinal))
+        if isinstance(ref, str):  # vetoed: the consumer's copy fails as in production
+            return self._crossing.vetoed.remote(key.to_dict(), ref)
         # The ref travels nested, so the actor awaits it (and sees its failure) itself.
         return self._crossing.cross.remote(key.to_dict(), [ref])
 

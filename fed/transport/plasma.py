@@ -5,13 +5,14 @@ barrier (`ReceiverProxy.get`), whereupon Ray pickles it again into the object st
 the receiving party holds the payload twice for as long as the barrier's result
 lives in the receiver, and pays an extra serialization.
 
-Here the DATA frames are read straight (``recv_into``) into receiver-owned buffers
-whose pages are committed only as bytes arrive (anonymous memory maps,
-fed.transport.limits.allocate), so a header that declares a huge value costs address
-space, not memory, and a stalled or refused stream returns what it used at once
-(`close`). Once the value is complete, its large out-of-band buffers are put into the
-object store with one ``ray.put`` (one copy) and the receiver's buffers are released.
-The barrier then returns a small :class:`InObjectStore` marker; unpickling it (which
+Here the DATA frames are read straight (``recv_into``) into receiver-owned buffers:
+large ones anonymous memory maps whose pages are committed only as bytes arrive,
+small ones allocated when their first byte arrives (fed.transport.limits), so a
+header that declares a huge value costs address space, not memory, and a stalled or
+refused stream returns what it used at once (`close`). Once the value is complete,
+its large out-of-band buffers are put into the object store with one ``ray.put`` (one
+copy) and the receiver's buffers are released. The barrier then returns a small
+:class:`InObjectStore` marker; unpickling it (which
 Ray does wherever the barrier's value is used: a task's argument, ``fed.get``, a
 nested ref resolved in a task) rebuilds the value on the object-store buffers, without
 a copy, through the same restricted unpickler and allowlist the receiver already
@@ -20,6 +21,7 @@ checked it with. Sealed objects are never written to.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from typing import Any, Optional
 
 #: Values with fewer out-of-band bytes than this take the ordinary path.
@@ -41,15 +43,16 @@ def close_buffers(buffers: list) -> None:
 class Landing:
     """Receive buffers for one large value, destined for the object store."""
 
-    def __init__(self, sizes: list[int]) -> None:
-        from fed.transport.limits import allocate
+    def __init__(self, sizes: Sequence[int]) -> None:
+        from fed.transport.limits import reserve
 
         self.sizes = sizes
         self.big = [i for i, s in enumerate(sizes) if i > 0 and s >= MIN_BUFFER_BYTES]
-        self.buffers: Optional[list] = [allocate(s) for s in sizes]
+        # Small buffers (None) are allocated as their first byte arrives (session.py).
+        self.buffers: Optional[list] = [reserve(s) for s in sizes]
 
     @classmethod
-    def maybe(cls, sizes: list[int], kind: str) -> Optional["Landing"]:
+    def maybe(cls, sizes: Sequence[int], kind: str) -> Optional["Landing"]:
         """A landing for a large value, else None (small values, errors)."""
         if kind != "value" or sum(s for s in sizes[1:] if s >= MIN_BUFFER_BYTES) < MIN_TOTAL_BYTES:
             return None
@@ -61,13 +64,19 @@ class Landing:
         import ray
 
         buffers = self.buffers
-        small = {i: bytes(b) for i, b in enumerate(buffers) if i > 0 and i not in self.big}
+        big = set(self.big)
+        small = {i: bytes(b) for i, b in enumerate(buffers) if i > 0 and i not in big}
         arrays = [np.frombuffer(buffers[i], dtype=np.uint8) for i in self.big]
         ref = ray.put(arrays)
         del arrays
         marker = InObjectStore(bytes(buffers[0]), ref, self.big, small, allowlist)
         self.close()
         return marker
+
+    def detach(self) -> list:
+        """Hand the receive buffers over (the caller keeps the value in them)."""
+        buffers, self.buffers = self.buffers, None
+        return buffers
 
     def close(self) -> None:
         """Release the receive buffers (after the put, or when the stream fails)."""

@@ -27,9 +27,14 @@ from fed._log import configure_unconfigured, party_logger
 from fed.errors import FedError
 from fed.transport.barriers import Barriers
 from fed.transport.base import MessageKey
-from fed.transport.budget import PeerBudget
+from fed.transport.budget import FrameSlots, PeerBudget
 from fed.transport.counters import ReceiverCounters
-from fed.transport.limits import ReceiverLimits, RefusalLog
+from fed.transport.limits import (
+    SMALL_FRAME_BYTES,
+    ReceiverLimits,
+    RefusalLog,
+    return_freed_memory,
+)
 from fed.transport.listener import Admission, Listener
 from fed.transport.peers import Outbox, Peers
 from fed.transport.session import SessionHooks, SessionServer, Terms
@@ -70,6 +75,7 @@ class ReceiverProxy:
         allowed = serialization.Allowlist.from_config(allowlist)
         log = party_logger(party, job)
         configure_unconfigured()  # in a worker process refusals must still be seen
+        return_freed_memory()  # what peers make this process decode is not kept after
         receiver_limits = ReceiverLimits.from_comm(
             {**(limits or {}), "messages_max_size_in_bytes": max_message_bytes}
         )
@@ -86,6 +92,7 @@ class ReceiverProxy:
         self._counters = ReceiverCounters()
         self._refusals = RefusalLog(log)
         self._budget = PeerBudget(receiver_limits.max_buffered_bytes_per_peer)
+        self._frames = FrameSlots(SMALL_FRAME_BYTES)
         # Event-loop state (touched only on the actor's loop).
         self._barriers = Barriers(self._budget, self._counters, terms.allowlist)
         self._outbox = Outbox(self._stopping)
@@ -96,7 +103,7 @@ class ReceiverProxy:
                       ssl_context: ssl.SSLContext | None, log: logging.LoggerAdapter) -> Listener:
         """The server and the protocol its connection threads run."""
         admission = Admission(terms.limits)
-        session = SessionServer(terms, self._session_hooks(), self._budget,
+        session = SessionServer(terms, self._session_hooks(), self._budget, self._frames,
                                 admission.bind_peer, self._refusals, self._counters,
                                 self._stopping, log)
         return Listener(terms.party, terms.job, address, ssl_context, terms.limits, admission,
@@ -127,6 +134,7 @@ class ReceiverProxy:
         """Close the listening socket and every connection; the port is free on return."""
         self._stopping.set()
         self._budget.close()
+        self._frames.close()
         self._listener.stop()
         self._barriers.fail_waiting(
             lambda _key: FedError("rayfed shut down while this value was awaited"))

@@ -2,10 +2,11 @@
 
 HELLO -> WELCOME once the claimed source may speak here (a peer of this party, its
 certificate with TLS, the job secret's proof without), then frames until the
-connection ends: MSG (a value: header checked, body read into buffers charged to the
-peer's budget frame by frame, decoded, handed over), PING (answered with PONG; may
+connection ends: MSG (a value: header checked, its buffers' bookkeeping charged to the
+peer's budget, body read into buffers allocated as their bytes arrive and charged
+frame by frame, then decoded or checked, handed over), PING (answered with PONG; may
 carry a heartbeat status), BYE and NOTICE (answered with ACK). Every read has a
-deadline. What a value or a control frame means is decided on the receiver actor's
+deadline, and a control frame over 4 KiB waits for its peer's one large-frame slot. What a value or a control frame means is decided on the receiver actor's
 event loop, reached through `SessionHooks`. A bad frame raises `Refusal` or
 `wire.ProtocolError`; the listener answers it and closes the connection.
 """
@@ -15,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,9 +26,17 @@ from fed.names import JOB_SECRET_ENV
 from fed.transport import wire
 from fed.transport.barriers import Arrived, decode
 from fed.transport.base import MessageKey
-from fed.transport.budget import Inflight, PeerBudget, Slot
+from fed.transport.budget import FrameSlots, Inflight, PeerBudget, Slot
 from fed.transport.counters import ReceiverCounters
-from fed.transport.limits import ReceiverLimits, Refusal, RefusalLog, allocate
+from fed.transport.limits import (
+    BUFFER_BOOKKEEPING_BYTES,
+    SMALL_FRAME_BYTES,
+    ReceiverLimits,
+    Refusal,
+    RefusalLog,
+    allocate,
+    reserve,
+)
 from fed.transport.listener import Conn
 from fed.transport.plasma import Landing, close_buffers
 from fed.transport.proof import proof_ok
@@ -34,9 +44,8 @@ from fed.transport.proof import proof_ok
 if TYPE_CHECKING:  # imported by the actor only with TLS (it loads cryptography)
     from fed.transport.identity import IdentityVerifier
 
-#: What one declared buffer costs before its bytes arrive (list slot, buffer object).
-_BUFFER_OVERHEAD_BYTES = 128
-_MAX_HELLO_BYTES = 64 * 1024
+#: A duplicate's bytes are read into (and dropped from) a scratch buffer this large.
+_DISCARD_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,13 +85,14 @@ class SessionServer:
     """Serves the protocol on any number of connections, each on its own thread."""
 
     def __init__(self, terms: Terms, hooks: SessionHooks, budget: PeerBudget,
-                 bind_peer: Callable[[Conn, str], bool], refusals: RefusalLog,
-                 counters: ReceiverCounters, stopping: threading.Event,
+                 frames: FrameSlots, bind_peer: Callable[[Conn, str], bool],
+                 refusals: RefusalLog, counters: ReceiverCounters, stopping: threading.Event,
                  log: logging.LoggerAdapter) -> None:
         self._terms = terms
         self._limits = terms.limits
         self._hooks = hooks
         self._budget = budget
+        self._frames = frames  # one large control frame per peer decoded at a time
         self._bind_peer = bind_peer  # counts the connection against the peer's cap
         self._refusals = refusals
         self._counters = counters
@@ -107,7 +117,7 @@ class SessionServer:
         retries with backoff).
         """
         sock = conn.sock
-        ftype, hello = self._read_control(sock, _MAX_HELLO_BYTES, deadline)
+        ftype, hello = self._read_control(sock, SMALL_FRAME_BYTES, deadline)
         if ftype != wire.HELLO or hello.get("proto") != wire.PROTOCOL:
             raise wire.ProtocolError("the connection did not start with a rayfed HELLO")
         src, job = self._check_hello(sock, hello)
@@ -154,27 +164,37 @@ class SessionServer:
 
     def _serve_frames(self, sock: socket.socket, peer: str) -> None:
         """Frames after WELCOME: each must start within idle_timeout_s and, once its
-        head is in, complete within frame_timeout_s."""
-        limits, hooks = self._limits, self._hooks
+        head is in, complete within frame_timeout_s. A large one first takes its peer's
+        one large-frame slot (FrameSlots): however many connections a peer holds, this
+        party decodes at most one of its large frames at a time."""
+        limits = self._limits
         while not self._stopping.is_set():
             head = wire.read_head(sock, time.monotonic() + limits.idle_timeout_s)
-            ftype, body = self._read_control(sock, limits.max_header_bytes, head=head)
-            if ftype == wire.MSG:
-                self._receive_value(sock, peer, body)
-            elif ftype == wire.PING:
-                if body and self._trusts_controls(peer, "wait reports"):
-                    hooks.peer_status(peer, body)
-                self._send(sock, wire.PONG, {})
-            elif ftype == wire.BYE:
-                if self._trusts_controls(peer, "BYE"):
-                    hooks.bye(peer, body.get("sent"))
-                self._send(sock, wire.ACK, {})
-            elif ftype == wire.NOTICE:
-                if self._trusts_controls(peer, "NOTICE"):
-                    hooks.notice(peer, body)
-                self._send(sock, wire.ACK, {})
-            else:
-                raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
+            deadline = time.monotonic() + limits.frame_timeout_s
+            with self._frames.hold(peer, head[1], deadline) as release:
+                if head[0] == wire.MSG:
+                    self._receive_value(sock, peer, head, release)
+                else:  # the decoded frame is dropped with the call, inside the slot
+                    self._on_control(sock, peer, *self._read_control(
+                        sock, limits.max_header_bytes, deadline, head))
+
+    def _on_control(self, sock: socket.socket, peer: str, ftype: int, body: dict) -> None:
+        """PING, BYE or NOTICE: answered; what it reports counts only from a proven peer."""
+        hooks = self._hooks
+        if ftype == wire.PING:
+            if body and self._trusts_controls(peer, "wait reports"):
+                hooks.peer_status(peer, body)
+            self._send(sock, wire.PONG, {})
+        elif ftype == wire.BYE:
+            if self._trusts_controls(peer, "BYE"):
+                hooks.bye(peer, body.get("sent"))
+            self._send(sock, wire.ACK, {})
+        elif ftype == wire.NOTICE:
+            if self._trusts_controls(peer, "NOTICE"):
+                hooks.notice(peer, body)
+            self._send(sock, wire.ACK, {})
+        else:
+            raise wire.ProtocolError(f"unexpected {wire.NAMES[ftype]} frame")
 
     def _trusts_controls(self, peer: str, what: str) -> bool:
         """Without TLS or a job secret, anyone could send a frame claiming `peer`: such
@@ -207,39 +227,59 @@ class SessionServer:
 
     # ---- values ------------------------------------------------------------------------
 
-    def _receive_value(self, sock: socket.socket, peer: str, header: dict[str, Any]) -> None:
-        """One value: check its header against the connection and the limits, then read
-        it, charging the peer's budget frame by frame, unpickle and deliver."""
-        key, kind, sizes = self._check_header(peer, header)
+    def _receive_value(self, sock: socket.socket, peer: str, head: tuple[int, int],
+                       release: Callable[[], None]) -> None:
+        """One value: its header (the large-frame slot, if it took one, is released once
+        the buffers' bookkeeping is charged), then its body, charged frame by frame,
+        checked or unpickled, and delivered."""
+        key, kind, sizes = self._read_header(sock, peer, head)
         if self._hooks.seen((key.src, key.ordinal)):
             # A replay (or a retry of a value we hold): drop it unread and unpickled.
-            self._read_body(sock, [None] * len(sizes), sizes, None)
+            self._read_body(sock, None, sizes, None)
             self._hooks.duplicate()
             self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": True})
             return
-        value = self._budget.admit((key.src, key.ordinal), sum(sizes), self._limits.busy_after_s)
-        if value is None:
-            raise self._busy(peer, key)
+        value = self._admit(peer, key, sizes)
+        release()
         arrived, fresh = self._take_value(sock, peer, key, kind, sizes, value)
         if isinstance(arrived.error, FedSerializationError):
             raise Refusal("deserialization", str(arrived.error), peer, key.job)
         self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
 
+    def _read_header(self, sock: socket.socket, peer: str,
+                     head: tuple[int, int]) -> tuple[MessageKey, str, array]:
+        """The MSG header whose frame head is `head`, kept as key, kind and sizes: what
+        msgpack decoded (up to 81 bytes per byte of the frame) is dropped on return."""
+        _ftype, header = self._read_control(sock, self._limits.max_header_bytes, head=head)
+        return self._check_header(peer, header)
+
+    def _admit(self, peer: str, key: MessageKey, sizes: array) -> Inflight:
+        """Start the value in the peer's budget: wait (bounded) until its declared size
+        would fit, then charge its buffers' bookkeeping, which must fit the limit (a
+        declaration is not data a job needs through). Refusal `busy` otherwise."""
+        busy_after_s = self._limits.busy_after_s
+        value = self._budget.admit((key.src, key.ordinal), sum(sizes), busy_after_s)
+        if value is None:
+            raise self._busy(peer, key)
+        bookkeeping = len(sizes) * BUFFER_BOOKKEEPING_BYTES
+        if not self._budget.charge(value, bookkeeping, busy_after_s, oldest_may_exceed=False):
+            self._budget.settle(value, keep=False)
+            raise self._busy(peer, key, f" (its {len(sizes)} declared buffers need "
+                                        f"{bookkeeping} bytes of bookkeeping)")
+        return value
+
     def _take_value(self, sock: socket.socket, peer: str, key: MessageKey, kind: str,
-                    sizes: list[int], value: Inflight) -> tuple[Arrived, bool]:
-        """Read, decode and hand over an admitted value: (what arrived, whether it was
-        fresh). Whatever happens, its memory and budget charge are not left behind."""
+                    sizes: array, value: Inflight) -> tuple[Arrived, bool]:
+        """Read, check or decode, and hand over an admitted value: (what arrived, whether
+        it was fresh). Whatever happens, its memory and budget charge are not left behind."""
         buffers: list = []
         landing: Landing | None = None
+        slot = (key.src, key.ordinal)
         try:
-            # The buffers' bookkeeping is charged like bytes: many tiny declared buffers
-            # cost memory before any byte arrives.
-            if not self._budget.charge(value, len(sizes) * _BUFFER_OVERHEAD_BYTES,
-                                       self._limits.busy_after_s):
-                raise self._busy(peer, key)
             landing, buffers = self._allocate(peer, key, kind, sizes)
             self._read_body(sock, buffers, sizes, value)
-            arrived = decode(key, kind, buffers, landing, self._terms.allowlist, self._log)
+            arrived = decode(key, kind, buffers, landing, self._terms.allowlist, self._log,
+                             awaited=self._budget.is_awaited(slot))
             arrived.wire_bytes = sum(sizes)
             fresh = self._hooks.arrival(arrived, value)
             buffers = []  # delivered or dropped: freed with their last reference
@@ -251,28 +291,31 @@ class SessionServer:
         return arrived, fresh
 
     def _allocate(self, peer: str, key: MessageKey, kind: str,
-                  sizes: list[int]) -> tuple[Landing | None, list]:
-        """Receive buffers for a value; large values go to the object store once
-        complete (fed/transport/plasma.py)."""
+                  sizes: array) -> tuple[Landing | None, list]:
+        """Receive buffers for a value: large ones mapped now (address space only), small
+        ones (None) allocated as their first byte arrives; large values go to the object
+        store once complete (fed/transport/plasma.py)."""
         try:
             landing = Landing.maybe(sizes, kind)
-            return landing, landing.buffers if landing else [allocate(s) for s in sizes]
+            return landing, landing.buffers if landing else [reserve(s) for s in sizes]
         except (MemoryError, OSError, OverflowError, ValueError) as exc:
             raise Refusal("too_large", f"this party cannot allocate {sum(sizes)} bytes: "
                           f"{exc}", peer, key.job) from None
 
-    def _busy(self, peer: str, key: MessageKey) -> Refusal:
-        return Refusal("busy", f"{peer!r} already has max_buffered_bytes_per_peer="
-                       f"{self._limits.max_buffered_bytes_per_peer} bytes waiting in party "
-                       f"{self._terms.party!r} for their barriers; retry later", peer, key.job)
+    def _busy(self, peer: str, key: MessageKey, why: str = "") -> Refusal:
+        return Refusal("busy", f"a value from {peer!r} does not fit max_buffered_bytes_per_peer="
+                       f"{self._limits.max_buffered_bytes_per_peer} in party "
+                       f"{self._terms.party!r} beside what {peer!r} has waiting for barriers "
+                       f"there{why}; retry later", peer, key.job)
 
-    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, list[int]]:
-        """A MSG header's key, kind and sizes, or a ProtocolError / Refusal saying why not."""
+    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, array]:
+        """A MSG header's key, kind and sizes (8 bytes each), or a ProtocolError /
+        Refusal saying why not."""
         try:
             key = MessageKey.from_dict(header["key"])
             kind = header["kind"]
-            sizes = [int(s) for s in header["sizes"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            sizes = array("Q", header["sizes"])  # unsigned: a negative size fails here
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
         if not key.well_typed() or kind not in ("value", "error"):
             raise wire.ProtocolError("malformed MSG header: ill-typed key fields or kind")
@@ -286,8 +329,8 @@ class SessionServer:
         if key.dst != party:
             raise Refusal("wrong_destination", f"this is party {party!r}, not {key.dst!r}",
                           peer, key.job)
-        if not sizes or any(s < 0 for s in sizes):
-            raise wire.ProtocolError("MSG header declares no or negative sizes")
+        if not sizes:
+            raise wire.ProtocolError("MSG header declares no sizes")
         limits = self._limits
         if len(sizes) > limits.max_frames_per_value:
             raise Refusal("too_many_frames", f"{len(sizes)} buffers exceed max_frames_per_value="
@@ -298,10 +341,10 @@ class SessionServer:
                           f"{limits.max_value_bytes} in party {party!r}", peer, key.job)
         return key, kind, sizes
 
-    def _read_body(self, sock: socket.socket, buffers: list, sizes: list[int],
+    def _read_body(self, sock: socket.socket, buffers: list | None, sizes: array,
                    value: Inflight | None) -> None:
-        """Read DATA frames into `buffers` in order (None: discard those bytes), each
-        frame charged to the peer's budget (`value`) before it is read."""
+        """Read DATA frames into `buffers` in order, each frame charged to the peer's
+        budget (`value`) before it is read; `buffers` None: read and drop the bytes."""
         cursor = _BodyCursor(sock, buffers, sizes)
         remaining = sum(sizes)
         frames = 0
@@ -310,6 +353,7 @@ class SessionServer:
             length = self._next_data_frame(sock, remaining, frames, value)
             remaining -= length
             cursor.fill(length, time.monotonic() + self._limits.frame_timeout_s)
+        cursor.finish()
 
     def _next_data_frame(self, sock: socket.socket, remaining: int, frames: int,
                          value: Inflight | None) -> int:
@@ -331,13 +375,14 @@ class SessionServer:
 
 
 class _BodyCursor:
-    """Where a value's next bytes go: buffer by buffer, in order. A None buffer's bytes
-    are read into scratch memory and discarded."""
+    """Where a value's next bytes go: buffer by buffer, in order. A buffer still None
+    is allocated when its first byte arrives (so a declared size costs nothing before);
+    with no buffers at all, the bytes are read into scratch memory and dropped."""
 
-    def __init__(self, sock: socket.socket, buffers: list, sizes: list[int]) -> None:
+    def __init__(self, sock: socket.socket, buffers: list | None, sizes: array) -> None:
         self._sock, self._buffers, self._sizes = sock, buffers, sizes
         self._index, self._offset = 0, 0
-        self._scratch: memoryview | None = None
+        self._scratch = memoryview(bytearray(_DISCARD_CHUNK)) if buffers is None else None
 
     def fill(self, length: int, deadline: float) -> None:
         """Read one frame's `length` bytes into the buffers from the current position."""
@@ -346,15 +391,27 @@ class _BodyCursor:
             while sizes[self._index] - self._offset == 0:
                 self._index, self._offset = self._index + 1, 0
             take = min(length, sizes[self._index] - self._offset)
-            target = self._buffers[self._index]
-            if target is None:
-                if self._scratch is None or len(self._scratch) < take:
-                    self._scratch = memoryview(bytearray(min(max(take, 1 << 16), 1 << 24)))
+            if self._scratch is not None:
                 take = min(take, len(self._scratch))
                 wire.recv_into_exact(self._sock, self._scratch[:take], deadline)
             else:
-                with memoryview(target) as view:
+                with memoryview(self._buffer(self._index)) as view:
                     wire.recv_into_exact(self._sock, view[self._offset:self._offset + take],
                                          deadline)
             self._offset += take
             length -= take
+
+    def finish(self) -> None:
+        """Allocate the buffers no byte arrived for (empty ones)."""
+        for index in range(len(self._buffers) if self._buffers is not None else 0):
+            self._buffer(index)
+
+    def _buffer(self, index: int) -> Any:
+        buffer = self._buffers[index]
+        if buffer is None:
+            try:
+                buffer = self._buffers[index] = allocate(self._sizes[index])
+            except (MemoryError, OSError, OverflowError, ValueError) as exc:
+                raise Refusal("too_large", f"this party cannot allocate a "
+                              f"{self._sizes[index]} byte buffer: {exc}") from None
+        return buffer

@@ -22,7 +22,7 @@ from fed.config import FedConfig
 from fed.errors import FedError, FedPeerUnavailableError
 from fed._log import party_logger
 from fed.names import JOB_SECRET_ENV
-from fed.transport.base import MessageKey, Transport
+from fed.transport.base import MessageKey, Transport, veto_text
 from fed.transport.hosted import Hosted
 from fed.transport.placement import receiver_placement
 from fed.transport.proof import job_secret_from_env
@@ -223,8 +223,7 @@ class TcpTransport(Transport):
             self._pending = [f for f in self._pending if not f.done()]
 
     def vetoed(self, key: MessageKey, reason: str) -> None:
-        notice = {"kind": "send_failed", "key": key.to_dict(),
-                  "text": f"value #{key.ordinal} ({key.producer()}) will not come: {reason}"}
+        notice = {"kind": "send_failed", "key": key.to_dict(), "text": veto_text(key, reason)}
         retry_s = self._config.comm.timeout_in_ms / 1000.0  # as long as a send would try
         self._pending.append(self._sender.submit(self._sender.obj.notify(key.dst, notice, retry_s)))
 
