@@ -244,8 +244,8 @@ def test_user_codec_mismatches_are_clear_errors_naming_the_type() -> None:
                                                     None))
     with pytest.raises(FedSerializationError, match=f"the {name} codec refused"):
         codec.decode(encoded.header, [], codecs=other)  # a different registration
-    broken = UserCodecs().with_codec(make_user_codec(Money, lambda m: object(), None or (
-        lambda d: d), None))
+    broken = UserCodecs().with_codec(make_user_codec(Money, lambda m: object(), lambda d: d,
+                                                     None))
     with pytest.raises(codec.Unsupported, match="builtins.object"):
         codec.encode(Money(1, "X"), codecs=broken)
     with pytest.raises(FedConfigError, match="already used by"):

@@ -1,29 +1,24 @@
-"""How values cross a party boundary: bytes out, and safely back in.
+"""The opt-in pickle path: ``cross_silo_comm.serializing_allowed_list``.
 
-A value is pickled once with protocol 5 and out-of-band buffers, so numpy arrays
-are not copied into the pickle: :func:`dumps` returns the (small) pickle bytes and
-the raw array memory as byte views, which the transport streams as they are.
+rayfed's default wire format is the typed codec (fed/codec), which has no pickle
+at all. A party that configures ``serializing_allowed_list`` lets the parts of a
+value whose class the list admits cross as pickles (fed/transport/payload.py);
+this package pickles them and, on the receiving side, unpickles them safely:
 
-The receiving side must not trust its peer. :func:`loads` checks, in order:
-
-1. the opcode stream (:func:`_scan_opcodes`): framing, lengths that fit the
+1. the opcode stream is scanned first (opscan.py): framing, lengths that fit the
    data, memo indices that cannot make CPython's C unpickler allocate gigabytes;
-2. every global the pickle names (a class, a reconstructor function) against an
-   :class:`Allowlist`, before importing anything. The default admits plain data
-   only (builtin containers, scalars and exceptions, ``collections``,
-   ``datetime``, ``decimal``, ``fractions``, numpy arrays/dtypes/scalars, and
-   rayfed's own errors). Users add their types with
-   ``cross_silo_comm.serializing_allowed_list`` in ``fed.init``; allowing
-   everything is possible but must be spelled out (``"*"``);
-3. what the pickle does with admitted globals, when it could matter: pickles
-   that apply states (BUILD) or name numpy's array constructors go through a
-   pure-Python unpickler (:class:`_GuardedUnpickler`) that refuses
-   monkeypatching a global and validates numpy states, which numpy itself does
-   not (forged ones segfault it). Everything else uses the fast C unpickler.
+2. every global a pickle names is checked against the :class:`Allowlist`
+   (allowlist.py) *before* its module is imported; the defaults admit plain data
+   (builtin containers, scalars and exceptions, ``collections``, ``datetime``,
+   ``decimal``, numpy arrays/dtypes/scalars, rayfed's errors); wildcards admit classes
+   only; ``"*"`` trusts the peer completely;
+3. what a pickle does with admitted globals is checked where it could matter
+   (unpickling.py, numpy_guard.py): one call check for REDUCE, INST and OBJ (numpy
+   constructors only in numpy's own patterns, no size-taking constructor called with
+   a size), no state on builtin containers, no state that sets a special or method
+   name, no BUILD on a global, numpy states validated before numpy sees them.
 
-What remains possible for a hostile peer is resource use proportional to what
-admitted constructors allow (e.g. ``bytearray(10**9)``); message size limits
-belong to the transport.
+The text of a refusal, naming the config that admits a type, is in hints.py.
 """
 from __future__ import annotations
 

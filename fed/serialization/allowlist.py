@@ -152,7 +152,7 @@ def _config_error(entry: object, reason: str) -> FedConfigError:
 
 def _make_allowlist(
     entries: tuple[str, ...], allow_all: bool, class_modules: tuple[str, ...] = ()
-) -> "Allowlist":
+) -> Allowlist:
     """Pickle support: rebuild an Allowlist (it travels to Ray actors)."""
     return Allowlist(entries, allow_all=allow_all, class_modules=class_modules)
 
@@ -172,7 +172,7 @@ class Allowlist:
     defined in those modules, never their functions.
     """
 
-    __slots__ = ("_allow_all", "_entries", "_exact", "_modules", "_class_modules")
+    __slots__ = ("_allow_all", "_class_modules", "_entries", "_exact", "_modules")
 
     def __init__(
         self,
@@ -229,7 +229,7 @@ class Allowlist:
         return "exact", entry
 
     @classmethod
-    def from_config(cls, value: Any) -> "Allowlist":
+    def from_config(cls, value: Any) -> Allowlist:
         """Build from ``cross_silo_comm.serializing_allowed_list``.
 
         ``None`` -> defaults only; a list/tuple/set of ``"module.Name"`` /

@@ -1,8 +1,6 @@
 """The text of a refusal: what was refused and the configuration that admits it."""
 from __future__ import annotations
 
-from typing import Optional
-
 from fed.errors import FedDeserializationRefused
 
 # Modules whose names mean "run code / touch this machine": never suggest allowing them.
@@ -38,7 +36,7 @@ _ALLOW_ALL_EXAMPLE = (
 
 
 def _refusal(
-    module: str, name: str, defined_in: Optional[str] = None, real_name: Optional[str] = None
+    module: str, name: str, defined_in: str | None = None, real_name: str | None = None
 ) -> FedDeserializationRefused:
     """The error for a global the allowlist does not admit, with a hint that fixes it."""
     type_name = _shorten(f"{module}.{name}")

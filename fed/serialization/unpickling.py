@@ -5,7 +5,7 @@ import copyreg
 import io
 import pickle
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,7 +18,11 @@ from fed.serialization.allowlist import (
     _module_aliases,
 )
 from fed.serialization.hints import _refusal, _shorten
-from fed.serialization.numpy_guard import _bad_numpy_state, _check_array_state, _dtype_from_state
+from fed.serialization.numpy_guard import (
+    _bad_numpy_state,
+    _check_array_state,
+    _dtype_from_state,
+)
 from fed.serialization.opscan import _scan_opcodes
 
 _NO_MORE = object()
@@ -146,7 +150,7 @@ class _GuardedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     plain dtypes are pickled without state), so the slower interpreter costs little.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def __init__(self, file: io.BytesIO, allowlist: Allowlist, buffers: Iterator[Any]) -> None:
         super().__init__(file, fix_imports=False, buffers=buffers)
@@ -322,7 +326,7 @@ def _as_buffer(index: int, buffer: Any) -> Any:
 
 
 
-def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> object:
+def loads(data: Any, buffers: Iterable[Any] | None, allowlist: Allowlist) -> object:
     """Rebuild a value serialized by :func:`dumps` in another party.
 
     ``buffers`` are used without copying: numpy arrays are views on them

@@ -88,6 +88,12 @@ def refusal_text(exc: codec.Unsupported, allowlist: Allowlist | None) -> str:
     cls = type(exc.obj)
     where = f" (at value{exc.path})" if exc.path else ""
     name = exc.type_name
+    code = _code_name(exc.obj)
+    if code is not None:
+        return (f"refusing to send {code}{where}: code never crosses as data. Send the data "
+                "it works on and call code every party has; only between peers that trust "
+                "each other completely, cross_silo_comm.serializing_allowed_list='*' sends "
+                "code too.")
     if _sent_as_code(cls):
         allow = (f"or move {cls.__qualname__} to a module every party imports and allow it "
                  f"by that name in cross_silo_comm.serializing_allowed_list (a class defined in "
@@ -103,6 +109,20 @@ def refusal_text(exc: codec.Unsupported, allowlist: Allowlist | None) -> str:
         f"({_SUPPORTED}); or by registering a codec in every party: "
         f"fed.register_codec({cls.__qualname__}, encode=..., decode=...); {allow}."
     )
+
+
+def _code_name(obj: Any) -> str | None:
+    """'the function mod.f' for functions, classes and modules; None for data."""
+    import types
+
+    kinds = ((types.ModuleType, "module"), (type, "class"),
+             ((types.FunctionType, types.BuiltinFunctionType, types.MethodType), "function"))
+    for kind, label in kinds:
+        if isinstance(obj, kind):
+            module = getattr(obj, "__module__", None)
+            qualname = getattr(obj, "__qualname__", getattr(obj, "__name__", "?"))
+            return f"the {label} {module + '.' if module else ''}{qualname}"
+    return None
 
 
 # ---- receiver ----------------------------------------------------------------------------

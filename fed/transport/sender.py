@@ -1,7 +1,7 @@
 """The sending end of the channel, hosted in the driver on its own event-loop thread.
 
-A value is serialized once (pickle protocol 5, numpy buffers out of band, no copy)
-and streamed as DATA frames. A broken connection is retried with backoff within
+A value is encoded once (the typed codec, fed/transport/payload.py: array memory out
+of band, no copy) and streamed as DATA frames. A broken connection is retried with backoff within
 the send timeout; the receiver drops the duplicates a retry may cause. Each peer
 has its own worker threads (`connections_per_peer` of them), so a slow peer never
 delays sends to the others, and control frames (BYE, NOTICE, startup PINGs) and
