@@ -290,12 +290,20 @@ def plain_only(value: Any) -> bool:
 
 
 def decode_hostile(header: bytes, buffers: list) -> None:
-    """The decoder's only outcomes: plain data, or FedSerializationError."""
+    """The decoder's only outcomes: plain data, or FedSerializationError; and the
+    receiver's check agrees with the full decode (it builds nothing, so only an
+    unhashable key or set item can pass the check and fail the decode)."""
     try:
         codec.check(header, buffers)
+        checked = None
+    except FedSerializationError as exc:
+        checked = exc
+    try:
         value = codec.decode(header, buffers)
-    except FedSerializationError:
+    except FedSerializationError as exc:
+        assert checked is not None or "unhashable" in str(exc), exc
         return
+    assert checked is None, f"check refused what decode built: {checked}"
     assert plain_only(value), repr(value)[:200]
 
 
@@ -375,3 +383,13 @@ def test_decoder_fuzz_typed_errors_bounded_memory_nothing_executed() -> None:
             codec.decode(header, [])
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kib < 256 * 1024, f"the fuzz grew this process by {grown_kib} KiB"
+
+
+def test_tensor_device_is_validated_in_the_config() -> None:
+    from fed.config import CrossSiloCommConfig
+
+    assert CrossSiloCommConfig.from_dict({"tensor_device": "cuda:1"}).tensor_device == "cuda:1"
+    assert CrossSiloCommConfig.from_dict({}).tensor_device == "cpu"
+    for bad in ("gpu", "cuda:x", 0, None):
+        with pytest.raises(FedConfigError, match="tensor_device"):
+            CrossSiloCommConfig.from_dict({"tensor_device": bad})

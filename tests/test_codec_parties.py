@@ -95,7 +95,14 @@ def same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def importable_by_workers() -> None:
+    """Ray workers (tasks, the receiver holding our codecs) import this module."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+
+
 def default_config(party, addresses):
+    importable_by_workers()
     start_ray()
     fed.register_codec(Money)  # before fed.init: a dataclass needs no functions
     fed.init(addresses=addresses, party=party)
@@ -138,8 +145,7 @@ def produce_point():
 
 
 def with_allowlist(party, addresses):
-    here = os.path.dirname(os.path.abspath(__file__))  # Ray workers import this module
-    os.environ["PYTHONPATH"] = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    importable_by_workers()
     start_ray()
     fed.init(addresses=addresses, party=party, config={"cross_silo_comm": {
         "serializing_allowed_list": [f"{__name__}.Point"]}})

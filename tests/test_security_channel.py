@@ -303,7 +303,7 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
 
     # 4. A pickle whose reduce calls os.system, sent as a codec value and as a pickle
     #    value: refused, never run, the barrier gets the error. (The restricted unpickler
-    #    refusing it by name is tested with an allowlist in test_codec_transport.py.)
+    #    refusing it by name, with an allowlist, is tested in test_pickle_optin.py.)
     marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
     key7 = msg_key(job, "bob", "alice", 7)
     import pickle
@@ -318,12 +318,15 @@ def test_hostile_input_receiver_stays_up_bounded_and_then_delivers(tmp_path: Pat
             ray.get(alice.get.remote({**key7, "ordinal": ordinal}))
     assert not marker.exists(), "the os.system payload ran!"
 
-    # 5. Replayed key: the first value wins; the replay (even a malicious one) is not unpickled.
+    # 5. Replayed key: the first value wins; the replay (even a malicious one) is not
+    #    decoded, and as a pickle value it is refused unread.
     key1 = msg_key(job, "bob", "alice", 1)
     with bob_conn() as c:
         assert c.send_value(key1, encoded("original")) == (wire.ACK, {"ordinal": 1, "duplicate": False})
         evil = pickle.dumps(Evil(str(marker)))
-        assert c.send_value(key1, evil, fmt="pickle")[1]["duplicate"] is True
+        assert c.send_value(key1, evil)[1]["duplicate"] is True
+    with bob_conn() as c:
+        assert refusal(c.send_value(key1, evil, fmt="pickle")) == "deserialization"
     assert ray.get(alice.get.remote(key1)) == "original"
     with bob_conn() as c:
         assert c.send_value(key1, encoded("replayed after consumption"))[1]["duplicate"] is True
@@ -444,10 +447,11 @@ def test_a_small_value_cannot_decode_large() -> None:
         assert c.hello("bob", job, "alice")[0] == wire.WELCOME
         assert refusal(c.send_value(msg_key(job, "bob", "alice", 1), liar)) == "deserialization"
     growth = actor_rss(alice) - rss_before
-    assert held(alice) == {}, held(alice)
+    assert held(alice).get("bob", 0) < 1024, held(alice)  # the refused value's bytes
     assert growth < 64 * MIB, f"the receiver grew by {growth / MIB:.0f} MiB"
     with pytest.raises(FedSerializationError, match="uses more buffers than arrived"):
         ray.get(alice.get.remote(msg_key(job, "bob", "alice", 1)))
+    assert held(alice) == {}
 
 
 @pytest.mark.timeout(240)

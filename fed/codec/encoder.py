@@ -216,5 +216,6 @@ _BY_TYPE: dict[type, Callable[[_Encoder, Any, int], Any]] = {
     frozenset: _Encoder._set,
     complex: _Encoder._complex,
     np.ndarray: _Encoder._ndarray,
+    np.memmap: _Encoder._ndarray,  # sent as the plain array it maps
     FedRemoteError: _Encoder._error,
 }

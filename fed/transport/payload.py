@@ -168,7 +168,11 @@ def _as_picklable(part: Any) -> Any:
 
 
 def _rebuild(fmt: str, parts: list, policy: WirePolicy) -> Any:
-    return build(fmt, parts, policy)
+    # Ray may hand the parts back as read-only views of its object store: a small
+    # value's arrays are made writable with one copy, as a received value's are.
+    writable = [bytearray(p) if memoryview(p).readonly and i > 0 else p
+                for i, p in enumerate(parts)]
+    return build(fmt, writable, policy)
 
 
 class Received:
