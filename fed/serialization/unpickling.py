@@ -336,7 +336,7 @@ def loads(data: Any, buffers: Iterable[Any] | None, allowlist: Allowlist) -> obj
     admits it; the refused module is never imported. Any other failure (truncated
     or garbled data, wrong number of buffers, forged numpy states) is a
     :class:`~fed.errors.FedSerializationError`. With an allow-all allowlist the
-    plain C unpickler runs with no checks at all (the peer is trusted with code).
+    plain C unpickler runs after the opcode scan (the peer is trusted with code).
     """
     if not isinstance(allowlist, Allowlist):
         raise TypeError(
@@ -346,39 +346,12 @@ def loads(data: Any, buffers: Iterable[Any] | None, allowlist: Allowlist) -> obj
         raise FedSerializationError(
             f"serialized data must be bytes-like, not {type(data).__name__}"
         )
-    if buffers is None:
-        buffers = ()
-    try:
-        checked = [_as_buffer(i, b) for i, b in enumerate(buffers)]
-    except FedSerializationError:
-        raise
-    except Exception as exc:  # e.g. buffers is not iterable
-        raise FedSerializationError(
-            f"bad out-of-band buffers: {type(exc).__name__}: {exc}"
-        ) from exc
-
+    checked = _checked_buffers(buffers)
     if not isinstance(data, bytes):
         data = bytes(data)  # one copy of the (small) pickle; BytesIO then shares it
     size = len(data)
-    stream = io.BytesIO(data)
-    remaining = iter(checked)
     try:
-        # The scan runs in every mode: even a trusted peer's garbled data must not make
-        # the C unpickler allocate gigabytes for its memo.
-        end, builds = _scan_opcodes(data)
-        if end != size:
-            raise FedSerializationError(f"{size - end} trailing bytes after the end of the pickle")
-        if allowlist.allow_all:
-            value = pickle.Unpickler(stream, buffers=remaining).load()
-        else:
-            try:
-                if builds:
-                    raise _NeedsGuard()
-                value = _RestrictedUnpickler(stream, allowlist, remaining).load()
-            except _NeedsGuard:
-                stream = io.BytesIO(data)
-                remaining = iter(checked)
-                value = _GuardedUnpickler(stream, allowlist, remaining).load()
+        value, stream, remaining = _unpickle(data, checked, allowlist)
     except FedSerializationError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, UnicodeDecodeError, ...
@@ -396,3 +369,32 @@ def loads(data: Any, buffers: Iterable[Any] | None, allowlist: Allowlist) -> obj
         )
     return value
 
+
+def _checked_buffers(buffers: Iterable[Any] | None) -> list:
+    try:
+        return [_as_buffer(i, b) for i, b in enumerate(buffers or ())]
+    except FedSerializationError:
+        raise
+    except Exception as exc:
+        raise FedSerializationError(
+            f"bad out-of-band buffers: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _unpickle(data: bytes, checked: list, allowlist: Allowlist) -> tuple[Any, io.BytesIO, Any]:
+    """(value, stream, unused buffers): the fast C unpickler unless the pickle needs
+    the guarded one. The scan runs in every mode: even a trusted peer's garbled data
+    must not make the C unpickler allocate gigabytes for its memo."""
+    end, builds = _scan_opcodes(data)
+    if end != len(data):
+        raise FedSerializationError(f"{len(data) - end} trailing bytes after the end of the pickle")
+    stream, remaining = io.BytesIO(data), iter(checked)
+    if allowlist.allow_all:
+        return pickle.Unpickler(stream, buffers=remaining).load(), stream, remaining
+    try:
+        if builds:
+            raise _NeedsGuard()
+        return _RestrictedUnpickler(stream, allowlist, remaining).load(), stream, remaining
+    except _NeedsGuard:
+        stream, remaining = io.BytesIO(data), iter(checked)
+        return _GuardedUnpickler(stream, allowlist, remaining).load(), stream, remaining
