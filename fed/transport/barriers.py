@@ -3,11 +3,12 @@
 A value that arrives before its barrier is held (charged to its sender's budget, see
 budget.py) until the barrier claims it; a barrier that comes first waits on a future
 the arrival completes. Every slot (source party, ordinal) is served once: a value for
-a slot already consumed is a duplicate and is dropped. Checking or decoding
-(`decode`) runs on the connection thread that read the value: a value its barrier
-waits for is decoded there; any other is only checked, and held as the bytes received
-until its barrier decodes it, since a small pickle may decode to far more memory than
-the budget charged. Everything else runs on the loop.
+a slot already consumed is a duplicate and is dropped. Checking (`decode`) runs on the
+connection thread that read the value: the receiver builds no value (only a peer's
+error envelope, which is small data); it checks the value's format and holds its
+received parts (fed/transport/payload.py), and the value is built where it is used,
+so what a small value decodes to never sits in the receiver. Everything else runs on
+the loop.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fed import serialization
 from fed.errors import FedError, FedSerializationError, error_from_wire
+from fed.transport import payload
 from fed.transport.base import MessageKey
 from fed.transport.budget import Inflight, PeerBudget, Slot
 from fed.transport.counters import ReceiverCounters
@@ -33,22 +34,18 @@ class Arrived:
     error: BaseException | None = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
     wire_bytes: int = 0  # the value's size on the wire (stats)
-    #: The received buffers, when the barrier must decode them (value and error are not
-    #: set then): a value held until claimed is kept as the bytes the budget charged.
-    encoded: list | None = None
-    #: The buffers of a value decoded on arrival, kept in case no barrier takes it after
-    #: all (it is then held as `encoded`); None once delivered.
-    raw: list | None = None
 
 
 class Barriers:
     """Values arrived vs. barriers waiting. Touched only on the actor's event loop,
     except `seen`, a read-only check connection threads make before reading a value."""
 
-    def __init__(self, budget: PeerBudget, counters: ReceiverCounters, allowlist: Any) -> None:
+    def __init__(self, budget: PeerBudget, counters: ReceiverCounters,
+                 policy: payload.WirePolicy) -> None:
         self._budget = budget
         self._counters = counters
-        self._allowlist = allowlist
+        #: How claimed values are built (the driver's registered codecs may change it).
+        self.policy = policy
         self._arrived: dict[Slot, Arrived] = {}
         self._consumed: set[Slot] = set()
         self._waiters: dict[Slot, tuple[MessageKey, asyncio.Future]] = {}
@@ -82,18 +79,12 @@ class Barriers:
             self._waiters.pop(slot, None)
             self._budget.awaiting(slot, False)
 
-    async def value(self, arrived: Arrived, key: MessageKey) -> Any:
-        """The barrier's result: the value (decoded now, off the loop, if it was held
-        as received) or its error."""
-        if arrived.encoded is not None:
-            value = await asyncio.get_running_loop().run_in_executor(
-                None, loads, arrived.encoded, self._allowlist)
-            if arrived.kind == "error":
-                raise _raisable(error_from_wire(value, key.src, key.producer_call), key)
-            return value
+    def value(self, arrived: Arrived, key: MessageKey) -> Any:
+        """The barrier's result: a marker that builds the value where it is used (with the
+        codecs registered now), or the value's error."""
         if arrived.error is not None:
             raise _raisable(arrived.error, key)
-        return arrived.value
+        return arrived.value.claimed(self.policy)
 
     def on_arrival(self, arrived: Arrived, value: Inflight) -> bool:
         """Takes over the value's budget charge; returns False for a duplicate (already
@@ -116,13 +107,9 @@ class Barriers:
         nbytes = value.charged
         self._counters.received(key.src, arrived.wire_bytes)
         if waiter is not None:
-            arrived.raw = None
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
         else:
-            if arrived.raw is not None:  # held as the charged bytes; decoded when claimed
-                arrived.encoded, arrived.value, arrived.error = arrived.raw, None, None
-                arrived.raw = None
             arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
@@ -162,47 +149,36 @@ class Barriers:
         return {"waiting": len(self._waiters), "buffered": len(self._arrived)}
 
 
-def decode(key: MessageKey, kind: str, buffers: list, landing: Landing | None,
-           allowlist: Any, log: logging.LoggerAdapter, awaited: bool) -> Arrived:
-    """What arrived, checked against the allowlist. A value its barrier waits for
-    (`awaited`) is unpickled now; any other is only checked (serialization.check builds
-    nothing) and held as its bytes until claimed. A large value goes to the object
-    store and is represented by its marker."""
-    arrived = Arrived(key, kind=kind, raw=buffers)
+def decode(key: MessageKey, kind: str, fmt: str, buffers: list, landing: Landing | None,
+           policy: payload.WirePolicy, log: logging.LoggerAdapter) -> Arrived:
+    """What arrived, checked: a value is held as its parts (a marker that builds it
+    where it is used; a large one's parts go to the object store); a peer's error
+    envelope (small, data only) is decoded now, to be raised by the barrier."""
+    arrived = Arrived(key, kind=kind)
     try:
-        if landing is not None or not awaited:
-            serialization.check(buffers[0], len(buffers) - 1, allowlist)
+        if kind == "error":
+            envelope = payload.build(fmt, buffers, policy)
+            arrived.error = error_from_wire(envelope, key.src, key.producer_call)
+            return arrived
+        payload.check(fmt, buffers, policy)
+        arrived.value = payload.Received(fmt, buffers, policy)
         if landing is not None:
-            _land(arrived, landing, allowlist, log)
-        elif awaited:
-            value = loads(buffers, allowlist)
-            if kind == "error":
-                arrived.error = error_from_wire(value, key.src, key.producer_call)
-            else:
-                arrived.value = value
-        else:
-            arrived.encoded = buffers
+            _land(arrived, landing, fmt, policy, log)
     except FedSerializationError as exc:
-        arrived.error, arrived.encoded, arrived.raw = exc, None, None
+        arrived.error, arrived.value = exc, None
     return arrived
 
 
-def _land(arrived: Arrived, landing: Landing, allowlist: Any,
+def _land(arrived: Arrived, landing: Landing, fmt: str, policy: payload.WirePolicy,
           log: logging.LoggerAdapter) -> None:
     """A large value's buffers into the object store; the barrier gets a marker that
-    unpickles (through the allowlist) where the value is used."""
+    builds the value where it is used."""
     try:
-        arrived.value, arrived.raw = landing.marker(allowlist), None
+        arrived.value = landing.marker(fmt, policy)
     except Exception as exc:  # noqa: BLE001  (e.g. the object store is full: keep it here)
         log.warning("keeping a %d byte value in the receiver (the object store refused "
                     "it: %s)", sum(landing.sizes), exc)
-        arrived.encoded = arrived.raw = landing.detach()
-
-
-def loads(buffers: list, allowlist: Any) -> Any:
-    """Decode a value's received buffers (the pickle, then its out-of-band buffers)."""
-    with memoryview(buffers[0]) as data:
-        return serialization.loads(data, buffers[1:], allowlist)
+        arrived.value = payload.Received(fmt, landing.detach(), policy)
 
 
 def _raisable(error: BaseException, key: MessageKey) -> Exception:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from fed import serialization
 from fed._log import configure_unconfigured, party_logger
 from fed.errors import FedError
+from fed.transport import payload
 from fed.transport.barriers import Barriers
 from fed.transport.base import MessageKey
 from fed.transport.budget import FrameSlots, PeerBudget
@@ -68,11 +68,14 @@ class ReceiverProxy:
         max_chunk_bytes: int,
         limits: dict | None = None,
         job_secret: bytes | None = None,
+        tensor_device: str = "cpu",
+        codecs: Any = None,
     ) -> None:
         from fed.transport.tls import server_context
 
         ssl_context = server_context(tls)
-        allowed = serialization.Allowlist.from_config(allowlist)
+        # Values are checked on arrival and built where consumed (fed/transport/payload.py).
+        policy = payload.WirePolicy.from_config(allowlist, tensor_device, codecs)
         log = party_logger(party, job)
         configure_unconfigured()  # in a worker process refusals must still be seen
         return_freed_memory()  # what peers make this process decode is not kept after
@@ -85,7 +88,6 @@ class ReceiverProxy:
             # 64 MiB (a receiver must take what a peer with a larger chunk size sends).
             max_chunk=max(max_chunk_bytes, _MIN_MAX_CHUNK),
             identity=_identity(tls, parties, log), job_secret=job_secret,
-            allowlist=allowed,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
@@ -94,7 +96,7 @@ class ReceiverProxy:
         self._budget = PeerBudget(receiver_limits.max_buffered_bytes_per_peer)
         self._frames = FrameSlots(SMALL_FRAME_BYTES)
         # Event-loop state (touched only on the actor's loop).
-        self._barriers = Barriers(self._budget, self._counters, terms.allowlist)
+        self._barriers = Barriers(self._budget, self._counters, policy)
         self._outbox = Outbox(self._stopping)
         self._peers = Peers(party, job, self._barriers, self._outbox)
         self._listener = self._listener_for(terms, (listen_host, listen_port), ssl_context, log)
@@ -121,6 +123,7 @@ class ReceiverProxy:
             bye=on_loop(self._peers.on_bye),
             notice=on_loop(self._peers.on_notice),
             seen=self._barriers.seen,
+            policy=lambda: self._barriers.policy,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -156,7 +159,11 @@ class ReceiverProxy:
         arrived = await self._barriers.wait(key, self._peers.raise_if_hopeless)
         if not arrived.key.same_calls(key):
             raise self._peers.diverged(expected=key, got=arrived.key)
-        return await self._barriers.value(arrived, key)
+        return self._barriers.value(arrived, key)
+
+    async def set_codecs(self, codecs: Any) -> None:
+        """The driver's user codecs (fed.register_codec), for values claimed from now on."""
+        self._barriers.policy = self._barriers.policy.with_codecs(codecs)
 
     async def next_notices(self) -> list | None:
         """Wait for notices to deliver to peers; None once the receiver stops."""

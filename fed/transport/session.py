@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fed.errors import FedIdentityError, FedSerializationError
 from fed.names import JOB_SECRET_ENV
-from fed.transport import wire
+from fed.transport import payload, wire
 from fed.transport.barriers import Arrived, decode
 from fed.transport.base import MessageKey
 from fed.transport.budget import FrameSlots, Inflight, PeerBudget, Slot
@@ -59,7 +59,6 @@ class Terms:
     max_chunk: int  # the largest DATA frame taken (advertised in WELCOME)
     identity: IdentityVerifier | None  # with TLS: whose certificate is whose
     job_secret: bytes | None
-    allowlist: Any
 
     @property
     def controls_trusted(self) -> bool:
@@ -79,6 +78,7 @@ class SessionHooks:
     bye: Callable[[str, Any], None]  # BYE: the peer finished after `sent` values
     notice: Callable[[str, dict], None]  # NOTICE: a failure the peer reports
     seen: Callable[[Slot], bool]  # a value for the slot is held or was consumed
+    policy: Callable[[], payload.WirePolicy]  # how values are checked (any thread may ask)
 
 
 class SessionServer:
@@ -232,7 +232,7 @@ class SessionServer:
         """One value: its header (the large-frame slot, if it took one, is released once
         the buffers' bookkeeping is charged), then its body, charged frame by frame,
         checked or unpickled, and delivered."""
-        key, kind, sizes = self._read_header(sock, peer, head)
+        key, kind, fmt, sizes = self._read_header(sock, peer, head)
         if self._hooks.seen((key.src, key.ordinal)):
             # A replay (or a retry of a value we hold): drop it unread and unpickled.
             self._read_body(sock, None, sizes, None)
@@ -241,14 +241,14 @@ class SessionServer:
             return
         value = self._admit(peer, key, sizes)
         release()
-        arrived, fresh = self._take_value(sock, peer, key, kind, sizes, value)
+        arrived, fresh = self._take_value(sock, peer, key, (kind, fmt), sizes, value)
         if isinstance(arrived.error, FedSerializationError):
             raise Refusal("deserialization", str(arrived.error), peer, key.job)
         self._send(sock, wire.ACK, {"ordinal": key.ordinal, "duplicate": not fresh})
 
     def _read_header(self, sock: socket.socket, peer: str,
-                     head: tuple[int, int]) -> tuple[MessageKey, str, array]:
-        """The MSG header whose frame head is `head`, kept as key, kind and sizes: what
+                     head: tuple[int, int]) -> tuple[MessageKey, str, str, array]:
+        """The MSG header whose frame head is `head`, kept as key, kind, format and sizes: what
         msgpack decoded (up to 81 bytes per byte of the frame) is dropped on return."""
         _ftype, header = self._read_control(sock, self._limits.max_header_bytes, head=head)
         return self._check_header(peer, header)
@@ -268,18 +268,18 @@ class SessionServer:
                                         f"{bookkeeping} bytes of bookkeeping)")
         return value
 
-    def _take_value(self, sock: socket.socket, peer: str, key: MessageKey, kind: str,
-                    sizes: array, value: Inflight) -> tuple[Arrived, bool]:
+    def _take_value(self, sock: socket.socket, peer: str, key: MessageKey,
+                    kind_fmt: tuple[str, str], sizes: array,
+                    value: Inflight) -> tuple[Arrived, bool]:
         """Read, check or decode, and hand over an admitted value: (what arrived, whether
         it was fresh). Whatever happens, its memory and budget charge are not left behind."""
         buffers: list = []
         landing: Landing | None = None
-        slot = (key.src, key.ordinal)
+        kind, fmt = kind_fmt
         try:
             landing, buffers = self._allocate(peer, key, kind, sizes)
             self._read_body(sock, buffers, sizes, value)
-            arrived = decode(key, kind, buffers, landing, self._terms.allowlist, self._log,
-                             awaited=self._budget.is_awaited(slot))
+            arrived = decode(key, kind, fmt, buffers, landing, self._hooks.policy(), self._log)
             arrived.wire_bytes = sum(sizes)
             fresh = self._hooks.arrival(arrived, value)
             buffers = []  # delivered or dropped: freed with their last reference
@@ -308,17 +308,19 @@ class SessionServer:
                        f"{self._terms.party!r} beside what {peer!r} has waiting for barriers "
                        f"there{why}; retry later", peer, key.job)
 
-    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, array]:
-        """A MSG header's key, kind and sizes (8 bytes each), or a ProtocolError /
+    def _check_header(self, peer: str,
+                      header: dict[str, Any]) -> tuple[MessageKey, str, str, array]:
+        """A MSG header's key, kind, format and sizes (8 bytes each), or a ProtocolError /
         Refusal saying why not."""
         try:
             key = MessageKey.from_dict(header["key"])
             kind = header["kind"]
+            fmt = header.get("format", payload.CODEC)
             sizes = array("Q", header["sizes"])  # unsigned: a negative size fails here
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
-        if not key.well_typed() or kind not in ("value", "error"):
-            raise wire.ProtocolError("malformed MSG header: ill-typed key fields or kind")
+        if not key.well_typed() or kind not in ("value", "error") or fmt not in payload.FORMATS:
+            raise wire.ProtocolError("malformed MSG header: ill-typed key fields, kind or format")
         party, job = self._terms.party, self._terms.job
         if key.src != peer:
             raise Refusal("spoofed_source", f"a value claiming source {key.src!r} on a "
@@ -331,6 +333,9 @@ class SessionServer:
                           peer, key.job)
         if not sizes:
             raise wire.ProtocolError("MSG header declares no sizes")
+        if fmt == payload.PICKLE and (kind == "error" or self._hooks.policy().allowlist is None):
+            # Refused unread: this party accepts no pickle (nor any error as a pickle).
+            raise Refusal("deserialization", payload.pickle_refused_text(), peer, key.job)
         limits = self._limits
         if len(sizes) > limits.max_frames_per_value:
             raise Refusal("too_many_frames", f"{len(sizes)} buffers exceed max_frames_per_value="
@@ -339,7 +344,7 @@ class SessionServer:
         if limits.max_value_bytes is not None and total > limits.max_value_bytes:
             raise Refusal("too_large", f"value of {total} bytes exceeds messages_max_size_in_bytes="
                           f"{limits.max_value_bytes} in party {party!r}", peer, key.job)
-        return key, kind, sizes
+        return key, kind, fmt, sizes
 
     def _read_body(self, sock: socket.socket, buffers: list | None, sizes: array,
                    value: Inflight | None) -> None:
