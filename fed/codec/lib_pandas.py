@@ -70,8 +70,10 @@ def encode_index(index: Any, type_name: str | None = None) -> dict:
         return {"kind": "range", "start": index.start, "stop": index.stop, "step": index.step,
                 "name": _label(index.name, type_name, "index name")}
     if isinstance(index, pd.MultiIndex):
-        return {"kind": "multi",
-                "levels": [encode_index(level, type_name) for level in index.levels],
+        # A level crosses as its values, so the receiver never expands a range it got.
+        levels = [pd.Index(level.to_numpy()) if isinstance(level, pd.RangeIndex) else level
+                  for level in index.levels]
+        return {"kind": "multi", "levels": [encode_index(level, type_name) for level in levels],
                 "codes": [np.asarray(codes) for codes in index.codes],
                 "names": [_label(n, type_name, "level name") for n in index.names]}
     if isinstance(index, (pd.PeriodIndex, pd.IntervalIndex)):
@@ -166,10 +168,11 @@ def _decode_labels(tag: str, plain: dict) -> Any:
 
 
 def decode_index(tag: str, plain: Any, nested: bool = False) -> Any:
-    """Rebuild an Index; `nested` (a MultiIndex level) may not be a MultiIndex itself."""
+    """Rebuild an Index. A MultiIndex level (`nested`) may be neither a MultiIndex nor a
+    range: pandas expands its levels, so a level's size must be that of received data."""
     if type(plain) is not dict or type(plain.get("kind")) is not str:
         raise libcheck.refuse(tag, "an index must be a dict naming its kind")
-    kinds = ("range", "values", "labels") if nested else ("range", "multi", "values", "labels")
+    kinds = ("values", "labels") if nested else ("range", "multi", "values", "labels")
     kind = libcheck.choice(tag, plain["kind"], kinds, "index kind")
     return {"range": _decode_range, "multi": _decode_multi, "values": _decode_values,
             "labels": _decode_labels}[kind](tag, plain)

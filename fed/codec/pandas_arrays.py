@@ -20,6 +20,8 @@ has a plain form crosses.
 from __future__ import annotations
 
 import datetime
+import zoneinfo
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -94,18 +96,18 @@ def _encode_strings(values: np.ndarray, dtype: str, type_name: str, what: str) -
 
 
 def _encode_datetimetz(values: Any, type_name: str, what: str) -> dict:
-    import pandas as pd
 
     dtype, zone = values.dtype, values.dtype.tz
     utc = values.asi8.view(f"M8[{dtype.unit}]")  # the UTC instants, no copy
     name = str(zone)
-    if len(name) <= MAX_ZONE_NAME and pd.DatetimeTZDtype(dtype.unit, tz=name) == dtype:
+    if name in _zone_names():  # zoneinfo and pytz zones; rebuilt as zoneinfo
         return {"kind": "datetimetz", "data": utc, "tz": name}
     if isinstance(zone, datetime.timezone):
         seconds = zone.utcoffset(None).total_seconds()
-        return {"kind": "datetimetz", "data": utc, "tz": int(seconds)}
-    raise libcheck.unsupported(type_name, f"{what}: time zone {zone!r} has no name that "
-                               "rebuilds it; use a named zone (zoneinfo) or a fixed offset")
+        if seconds.is_integer():  # a fixed offset in whole seconds
+            return {"kind": "datetimetz", "data": utc, "tz": int(seconds)}
+    raise libcheck.unsupported(type_name, f"{what}: time zone {zone!r} is neither an IANA "
+                               "zone (zoneinfo) nor a fixed offset of whole seconds")
 
 
 def decode_array(tag: str, plain: Any, categorical: bool = True) -> Any:
@@ -130,6 +132,12 @@ def as_index(tag: str, values: Any, name: Any = None) -> Any:
                           copy=False)
 
 
+@cache
+def _zone_names() -> frozenset[str]:
+    """The time zone names a receiver accepts: the IANA database's keys, and UTC."""
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
 def _decode_datetimetz(tag: str, plain: dict) -> Any:
     import pandas as pd
 
@@ -143,8 +151,8 @@ def _decode_datetimetz(tag: str, plain: dict) -> Any:
         if not -86400 < zone < 86400:
             raise libcheck.refuse(tag, f"time zone offset {zone} s is not within a day")
         zone = datetime.timezone(datetime.timedelta(seconds=zone))
-    elif len(zone) > MAX_ZONE_NAME:
-        raise libcheck.refuse(tag, "time zone name too long")
+    elif zone not in _zone_names():  # a name, never a path pandas would open
+        raise libcheck.refuse(tag, f"unknown time zone {zone[:MAX_ZONE_NAME]!r}")
     dtype = libcheck.build(tag, "time zone", pd.DatetimeTZDtype, unit, tz=zone)
     return libcheck.build(tag, "datetimes", pd.array, data.view(np.int64), dtype=dtype)
 
