@@ -559,3 +559,86 @@ def test_forged_jax_headers_are_refused():
     pytest.importorskip("jax", reason="jax is not installed: its codec is untested")
     refused(lib_jax.CODECS[0], {"dtype": "bfloat16", "data": np.zeros(2, np.float32)}, "dtype")
     refused(lib_jax.CODECS[0], {"dtype": "object", "data": np.zeros(2)}, "unknown dtype")
+
+
+# --------------------------------------------------- through the codec core (fed.codec)
+
+
+def through_core(value: Any, options: CodecOptions = DEFAULTS) -> Any:
+    """encode -> bytes a socket would deliver (each buffer received into its own
+    bytearray) -> decode, with the core's header and limits."""
+    from fed import codec
+
+    encoded = codec.encode(value)
+    assert not encoded.pickled
+    buffers = [bytearray(memoryview(b).cast("B")) for b in encoded.buffers]
+    codec.check(encoded.header, buffers)
+    return codec.decode(bytes(encoded.header), buffers, options=options)
+
+
+@needs_torch
+def test_state_dicts_cross_the_core_codec():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    state = through_core(model.state_dict())
+    assert type(state) is collections.OrderedDict
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    opt_state = through_core(optimizer.state_dict())
+    torch.optim.SGD(model.parameters(), lr=1.0).load_state_dict(opt_state)
+    assert opt_state["param_groups"] == optimizer.state_dict()["param_groups"]
+    values = [torch.ones(2, dtype=torch.bfloat16), torch.nn.Parameter(torch.zeros(3)),
+              torch.arange(6).reshape(2, 3).t()]
+    back = through_core(values)
+    assert [type(v) for v in back] == [type(v) for v in values]
+    assert all(torch.equal(b, v) for b, v in zip(back, values))
+
+
+@needs_torch
+def test_a_received_tensor_uses_the_received_buffer():
+    from fed import codec
+
+    tensor = torch.arange(1 << 16, dtype=torch.float32)
+    encoded = codec.encode(tensor)
+    buffers = [bytearray(memoryview(b).cast("B")) for b in encoded.buffers]
+    back = codec.decode(encoded.header, buffers)
+    address = np.frombuffer(buffers[0], dtype=np.uint8).ctypes.data
+    assert back.data_ptr() == address and torch.equal(back, tensor)
+
+
+@needs_pandas
+def test_pandas_values_cross_the_core_codec():
+    frame = sample_frame()
+    pd.testing.assert_frame_equal(through_core(frame), frame)
+    series = frame["berlin"]
+    pd.testing.assert_series_equal(through_core(series), series)
+    index = pd.MultiIndex.from_product([["a", "b"], [1, 2]], names=["k", ("t", 1)])
+    pd.testing.assert_index_equal(through_core(index), index, exact=True)
+    categorical = pd.Categorical(["x", None, "y"])
+    pd.testing.assert_extension_array_equal(through_core(categorical), categorical)
+
+
+@needs_scipy
+def test_sparse_values_cross_the_core_codec():
+    values = [sparse_value(fmt, kind) for fmt in lib_scipy.FORMATS
+              for kind in ("matrix", "array")]
+    back = through_core(values)
+    assert [type(v) for v in back] == [type(v) for v in values]
+    assert all(np.array_equal(b.toarray(), v.toarray()) for b, v in zip(back, values))
+
+
+def test_jax_arrays_cross_the_core_codec():
+    jnp = pytest.importorskip("jax.numpy", reason="jax is not installed: its codec is untested")
+    value = jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3)
+    back = through_core(value)
+    assert back.dtype == value.dtype and bool((back == value).all())
+
+
+def test_a_library_missing_on_the_receiver_is_named():
+    from fed.codec.registry import require_library
+
+    fake = LibraryCodec(name="fake.Thing", library="no_such_lib", type_names=("fake.Thing",),
+                        encode=lambda value: value, decode=lambda plain, options: plain)
+    with pytest.raises(FedSerializationError, match="needs no_such_lib on the receiving party"):
+        require_library(fake)
