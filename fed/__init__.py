@@ -2,7 +2,7 @@
 
 Public names only; see docs/architecture.md for how the pieces fit.
 """
-from fed.api import get, init, kill, shutdown, stats
+from fed.api import get, init, kill, register_codec, shutdown, stats
 from fed.errors import (
     FedConfigError,
     FedDeserializationRefused,
@@ -24,7 +24,7 @@ from fed.remote import remote
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "shutdown", "remote", "get", "kill", "stats", "FedObject",
+    "init", "shutdown", "remote", "get", "kill", "stats", "register_codec", "FedObject",
     "FedError", "FedConfigError", "FedRemoteError", "FedDivergenceError",
     "FedPeerUnavailableError", "FedTransportError", "FedRefusedError",
     "FedSerializationError", "FedDeserializationRefused",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from fed._failure import SendFailurePolicy
+from fed.codec import UserCodec, UserCodecs
 from fed.config import FedConfig
 from fed.errors import FedNotInitializedError
 from fed.transport.base import Transport
@@ -75,6 +76,36 @@ class FedContext:
 
 
 _current: Optional[FedContext] = None
+
+
+class _Registrations:
+    """This process's user codecs (fed.register_codec). They outlive fed.shutdown, like
+    the classes they serve: a script registers at import, before or after fed.init."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._codecs = UserCodecs()
+
+    def codecs(self) -> UserCodecs:
+        return self._codecs
+
+    def add(self, codec: UserCodec) -> UserCodecs:
+        with self._lock:
+            self._codecs = self._codecs.with_codec(codec)
+            return self._codecs
+
+
+_registrations = _Registrations()
+
+
+def user_codecs() -> UserCodecs:
+    """The user codecs registered in this process so far (an immutable snapshot)."""
+    return _registrations.codecs()
+
+
+def add_user_codec(codec: UserCodec) -> UserCodecs:
+    """Register `codec`; return the new snapshot."""
+    return _registrations.add(codec)
 
 
 def get() -> FedContext:

@@ -99,11 +99,12 @@ def _start_transport(cfg: Any, failures: SendFailurePolicy, started_ray: bool) -
     if cfg.mode == "simulation":
         from fed.transport.local import LocalTransport
 
-        transport = LocalTransport(cfg)
+        transport = LocalTransport(cfg, codecs=_context.user_codecs())
     else:
         from fed.transport.tcp import TcpTransport
 
-        transport = TcpTransport(cfg, on_send_failed=failures.report)
+        transport = TcpTransport(cfg, on_send_failed=failures.report,
+                                 codecs=_context.user_codecs())
     try:
         transport.start()
         if cfg.barrier_on_initializing and cfg.mode == "production":
@@ -114,6 +115,24 @@ def _start_transport(cfg: Any, failures: SendFailurePolicy, started_ray: bool) -
             ray.shutdown()
         raise
     return transport
+
+
+def register_codec(cls: type, encode: Optional[Callable[[Any], Any]] = None,
+                   decode: Optional[Callable[[Any], Any]] = None, *,
+                   name: Optional[str] = None) -> None:
+    """Let values of `cls` cross parties as data (docs/api.md).
+
+    ``encode(value)`` returns supported values (dicts, lists, numpy arrays, ...);
+    ``decode(plain)`` builds the instance from them. A dataclass may omit both: its
+    init fields cross as a dict. Every party must register the same codec under the
+    same name (default ``module.QualName``), before or after `fed.init`.
+    """
+    from fed.codec import make_user_codec
+
+    codecs = _context.add_user_codec(make_user_codec(cls, encode, decode, name))
+    ctx = _context.peek()
+    if ctx is not None:
+        ctx.transport.set_codecs(codecs)
 
 
 def shutdown() -> None:

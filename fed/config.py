@@ -108,6 +108,8 @@ class CrossSiloCommConfig:
     max_buffered_bytes_per_peer: Optional[_PositiveInt] = 2 * 1024**3
     max_header_bytes: Annotated[int, Field(ge=4096)] = 1024 * 1024
     max_frames_per_value: _PositiveInt = 1_000_000
+    # Where received torch tensors are placed (fed.codec.CodecOptions.torch_device).
+    tensor_device: Annotated[str, Field(pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]{1,3})?$")] = "cpu"
 
     @classmethod
     def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CrossSiloCommConfig":
@@ -149,7 +151,9 @@ def _expected(err: Mapping[str, Any]) -> str:
     names = {"bool_type": "expected a bool (True or False, not a string or number)",
              "int_type": "expected an int (not a float, bool or string)",
              "float_type": "expected a number (int or float, not a bool or string)",
-             "dict_type": "expected a dict", "list_type": "expected a list"}
+             "dict_type": "expected a dict", "list_type": "expected a list",
+             "string_pattern_mismatch": "expected a torch device such as 'cpu', 'cuda' or "
+             "'cuda:1'", "string_type": "expected a string"}
     return names.get(kind, err["msg"].replace("Input should be", "expected a value"))
 
 

@@ -111,9 +111,11 @@ class Raw:
         return wire.read_control(self.sock, 1 << 20)
 
     def send_value(self, key: dict, payload: bytes, buffers: Sequence[bytes] = (),
-                   kind: str = "value", chunk: int = 4 * MIB) -> tuple[int, dict]:
+                   kind: str = "value", chunk: int = 4 * MIB,
+                   fmt: str = "codec") -> tuple[int, dict]:
         sizes = [len(payload)] + [len(b) for b in buffers]
-        header = wire.encode_control(wire.MSG, {"key": key, "kind": kind, "sizes": sizes})
+        header = wire.encode_control(wire.MSG, {"key": key, "kind": kind, "format": fmt,
+                                                "sizes": sizes})
         try:
             wire.send_value(self.sock, header, [payload, *buffers], chunk)
         except OSError:
@@ -137,9 +139,19 @@ def msg_key(job: str, src: str, dst: str, ordinal: int, call: str = "tests.produ
 
 
 def pickled(value: Any) -> bytes:
+    """A raw pickle (send it with fmt="pickle" to reach the opt-in unpickler)."""
     import pickle
 
     return pickle.dumps(value, protocol=5)
+
+
+def encoded(value: Any) -> bytes:
+    """The codec header of a value without out-of-band buffers (the default format)."""
+    from fed import codec
+
+    out = codec.encode(value)
+    assert not out.buffers, "encoded() is for values without out-of-band buffers"
+    return out.header
 
 
 # ---- real proxies in this process's Ray cluster -------------------------------------------

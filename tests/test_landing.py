@@ -65,20 +65,20 @@ def test_large_values_arrive_intact_through_the_object_store():
 def solo_landing(party, addresses):
     import ray
 
-    from fed import serialization
+    from fed.transport import payload
     from fed.transport.plasma import InObjectStore, Landing
 
     start_ray()
     value = {"big": np.arange(MiB, dtype=np.float32), "small": np.arange(10), "s": "x"}
-    pickled, buffers = serialization.dumps(value)
-    sizes = [len(pickled)] + [b.nbytes for b in buffers]
+    fmt, parts = payload.pack(value, payload.WirePolicy())
+    sizes = [memoryview(p).nbytes for p in parts]
     landing = Landing.maybe(sizes, "value")
     assert isinstance(landing, Landing), "a 4 MiB value must take the object-store path"
     assert Landing.maybe(sizes, "error") is None
     assert Landing.maybe([10, 1000], "value") is None
-    for target, source in zip(landing.buffers, [pickled, *buffers]):
+    for target, source in zip(landing.buffers, parts):
         memoryview(target)[:] = memoryview(source).cast("B")
-    marker = landing.marker(serialization.default_allowlist())
+    marker = landing.marker(fmt, payload.WirePolicy())
     assert isinstance(marker, InObjectStore)
     back = ray.get(ray.put(marker))  # unpickling the marker gives the value itself
     same = (np.array_equal(back["big"], value["big"])

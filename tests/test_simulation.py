@@ -137,9 +137,11 @@ def test_failure_in_one_party_is_a_fed_remote_error_in_the_others(sim):
 @pytest.mark.timeout(60)
 def test_get_checks_the_copies_of_every_party(sim):
     # alice owns the value and could read it, but bob and carol run this fed.get too
-    # and their allowlist refuses the type: production would fail there, so this fails.
-    with pytest.raises(fed.FedDeserializationRefused, match="NotAllowed"):
+    # and the codec does not carry the type: production refuses to send it to them, so
+    # this fails, with the sender's refusal naming the type and the ways to send it.
+    with pytest.raises(fed.FedSerializationError, match="test_simulation.NotAllowed") as info:
         fed.get(make_not_allowed.party("alice").remote())
+    assert "fed.register_codec(NotAllowed" in str(info.value)
     # A value owned by carol reaches alice and bob; both copies are checked.
     assert fed.get(add.party("carol").remote(np.arange(3), 1)).tolist() == [1, 2, 3]
 

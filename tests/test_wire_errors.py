@@ -13,7 +13,7 @@ import ray
 from fed.errors import FedRemoteError
 from fed.transport import wire
 from multiparty import start_ray
-from securitykit import MIB, Raw, msg_key, pickled, start_receiver
+from securitykit import MIB, Raw, encoded, msg_key, start_receiver
 
 #: unpickles to SystemExit(); raised in the receiver's event loop it killed the loop thread.
 SYSTEM_EXIT_PAYLOAD = b"\x80\x05\x8c\x08builtins\x8c\x0aSystemExit\x93)R."
@@ -37,13 +37,19 @@ def test_a_system_exit_error_envelope_is_wrapped_and_the_receiver_keeps_serving(
     first, second = msg_key(job, "alice", "bob", 0), msg_key(job, "alice", "bob", 1)
     with Raw(port) as raw:
         assert raw.hello("alice", job, "bob")[0] == wire.WELCOME
-        assert raw.send_value(first, SYSTEM_EXIT_PAYLOAD, kind="error")[0] == wire.ACK
-        assert raw.send_value(second, pickled({"after": 1}))[0] == wire.ACK
+        # An error envelope is codec data: a pickled one is refused unread...
+        reply = raw.send_value(first, SYSTEM_EXIT_PAYLOAD, kind="error", fmt="pickle")
+        assert reply[0] == wire.REFUSE and reply[1]["reason"] == "deserialization"
+    with Raw(port) as raw:
+        assert raw.hello("alice", job, "bob")[0] == wire.WELCOME
+        # ... and codec data that is no envelope is wrapped, never raised as sent.
+        assert raw.send_value(first, encoded(["SystemExit"]), kind="error")[0] == wire.ACK
+        assert raw.send_value(second, encoded({"after": 1}))[0] == wire.ACK
     with pytest.raises(ray.exceptions.RayTaskError) as info:
         ray.get(bob.get.remote(first), timeout=60)
     err = _cause(info.value)
     assert isinstance(err, FedRemoteError), repr(err)
-    assert err.cause_type == "invalid error envelope: builtins.SystemExit"
+    assert err.cause_type == "invalid error envelope: builtins.list"
     assert err.src_party == "alice" and err.call == first["producer_call"]
     # The loop that served that barrier is alive: later barriers and control calls answer.
     assert ray.get(bob.get.remote(second), timeout=60) == {"after": 1}

@@ -20,7 +20,7 @@ import msgpack
 
 from fed.codec import numpy_codec, tags
 from fed.codec.limits import DEFAULT_LIMITS, CodecLimits
-from fed.codec.registry import UserCodecs, library_table, require_library
+from fed.codec.registry import LibraryTable, UserCodecs, library_table, require_library
 from fed.codec.types import CodecOptions
 from fed.errors import FedRemoteError, FedSerializationError
 
@@ -35,32 +35,34 @@ def _bad(what: str) -> FedSerializationError:
 
 def decode(header: Any, buffers: Sequence[Any], *, options: CodecOptions = _DEFAULT_OPTIONS,
            codecs: UserCodecs | None = None, unpickle: Unpickle | None = None,
-           limits: CodecLimits = DEFAULT_LIMITS) -> Any:
-    """The value `header` and `buffers` describe; arrays are views on the buffers."""
-    return _run(header, buffers, True, options, codecs, unpickle, limits)
+           limits: CodecLimits = DEFAULT_LIMITS, table: LibraryTable | None = None) -> Any:
+    """The value `header` and `buffers` describe; arrays are views on the buffers.
+
+    `table` replaces the library table (tests); by default the fixed one is used."""
+    return _run(header, buffers, True, options, codecs, unpickle, limits, table)
 
 
 def check(header: Any, buffers: Sequence[Any], *, unpickle: Unpickle | None = None,
-          limits: CodecLimits = DEFAULT_LIMITS) -> None:
+          limits: CodecLimits = DEFAULT_LIMITS, table: LibraryTable | None = None) -> None:
     """FedSerializationError unless `decode` could start building this value."""
-    _run(header, buffers, False, _DEFAULT_OPTIONS, None, unpickle, limits)
+    _run(header, buffers, False, _DEFAULT_OPTIONS, None, unpickle, limits, table)
 
 
 def _run(header: Any, buffers: Sequence[Any], build: bool, options: CodecOptions,
          codecs: UserCodecs | None, unpickle: Unpickle | None,
-         limits: CodecLimits) -> Any:
+         limits: CodecLimits, table: LibraryTable | None) -> Any:
     if len(buffers) > limits.max_buffers:
         raise _bad(f"{len(buffers)} buffers, above the limit of {limits.max_buffers}")
     tree = unpack_header(header, limits)
-    walker = _Decoder(buffers, build, options, codecs or UserCodecs(), unpickle, limits)
+    walker = _Decoder(buffers, build, options, codecs or UserCodecs(), unpickle, limits, table)
     try:
         value = walker.value(tree, 0)
     except FedSerializationError:
         raise
     except RecursionError:
         raise _bad("nested too deeply") from None
-    except (TypeError, ValueError, OverflowError, MemoryError, UnicodeError) as exc:
-        raise _bad(f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (unhashable keys, numpy's own errors: all typed)
+        raise _bad(f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if walker.cursor != len(buffers):
         raise _bad(f"{len(buffers)} buffers arrived but the header uses {walker.cursor}")
     return value
@@ -83,8 +85,10 @@ def unpack_header(header: Any, limits: CodecLimits = DEFAULT_LIMITS) -> Any:
 
 class _Decoder:
     def __init__(self, buffers: Sequence[Any], build: bool, options: CodecOptions,
-                 codecs: UserCodecs, unpickle: Unpickle | None, limits: CodecLimits) -> None:
+                 codecs: UserCodecs, unpickle: Unpickle | None, limits: CodecLimits,
+                 table: LibraryTable | None) -> None:
         self.buffers = buffers
+        self.table = table
         self.sizes = [memoryview(b).nbytes for b in buffers]
         self.build = build
         self.options = options
@@ -204,7 +208,7 @@ class _Decoder:
     def library(self, node: list, depth: int) -> Any:
         self.arity(node, 3)
         name = self.name(node[1])
-        codec = library_table().for_tag(name)
+        codec = (self.table if self.table is not None else library_table()).for_tag(name)
         require_library(codec)
         plain = self.value(node[2], depth)
         if not self.build:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fed.codec import numpy_codec, tags
 from fed.codec.limits import DEFAULT_LIMITS, CodecLimits
-from fed.codec.registry import UserCodecs, library_table, type_name
+from fed.codec.registry import LibraryTable, UserCodecs, library_table, type_name
 from fed.errors import FedRemoteError, FedSerializationError
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
@@ -49,10 +49,12 @@ class Unsupported(FedSerializationError):
 
 
 def encode(value: Any, *, codecs: UserCodecs | None = None,
-           fallback: Fallback | None = None,
-           limits: CodecLimits = DEFAULT_LIMITS) -> Encoded:
-    """Encode `value`; FedSerializationError (``Unsupported`` for a type) if it cannot cross."""
-    state = _Encoder(codecs or UserCodecs(), fallback, limits)
+           fallback: Fallback | None = None, limits: CodecLimits = DEFAULT_LIMITS,
+           table: LibraryTable | None = None) -> Encoded:
+    """Encode `value`; FedSerializationError (``Unsupported`` for a type) if it cannot cross.
+
+    `table` replaces the library table (tests); by default the fixed one is used."""
+    state = _Encoder(codecs or UserCodecs(), fallback, limits, table)
     tree = state.node(value, 0)
     header = msgpack.packb(tree, use_bin_type=True)
     if len(header) > limits.max_header_bytes:
@@ -64,8 +66,9 @@ def encode(value: Any, *, codecs: UserCodecs | None = None,
 
 class _Encoder:
     def __init__(self, codecs: UserCodecs, fallback: Fallback | None,
-                 limits: CodecLimits) -> None:
+                 limits: CodecLimits, table: LibraryTable | None) -> None:
         self.codecs = codecs
+        self.table = table
         self.fallback = fallback
         self.limits = limits
         self.buffers: list = []
@@ -174,7 +177,8 @@ class _Encoder:
         if user is not None:
             plain = _call_codec(user.name, user.encode, value)
             return [tags.USER, user.name, self._child(plain, depth, f"<{user.name} codec>")]
-        library = library_table().by_type_name.get(type_name(cls))
+        table = self.table if self.table is not None else library_table()
+        library = table.by_type_name.get(type_name(cls))
         if library is not None:
             plain = _call_codec(library.name, library.encode, value)
             return [tags.LIBRARY, library.name, self._child(plain, depth, f"<{library.name}>")]

@@ -2,8 +2,8 @@
 
 A dtype crosses as a *description* built from a fixed grammar (docs/protocol.md):
 a simple dtype string such as ``"<f8"``, ``"|S5"`` or ``"<M8[ns]"`` that a regular
-expression admits before numpy parses it, a structured dtype as a list of
-``[name, description, offset]`` fields plus its item size, or a subarray as
+expression admits before numpy parses it, a structured dtype as
+``["struct", [[name, description, offset], ...], itemsize, aligned]``, or a subarray as
 ``["sub", description, shape]``. Object dtypes (pointers) and numpy's variable-width
 ``StringDType`` cannot be described as data and are refused on the sender.
 """
@@ -43,7 +43,7 @@ def describe_dtype(dtype: np.dtype, depth: int = 0) -> Any:
                 f"numpy dtype {dtype} has field titles, which cannot be sent; drop the titles")
         fields = [[name, describe_dtype(dtype.fields[name][0], depth + 1), dtype.fields[name][1]]
                   for name in dtype.names]
-        return ["struct", fields, dtype.itemsize]
+        return ["struct", fields, dtype.itemsize, dtype.isalignedstruct]
     if dtype.kind == "T":
         raise FedSerializationError(
             f"numpy's variable-width {dtype} cannot cross as data; convert the array with "
@@ -73,12 +73,13 @@ def dtype_from_description(desc: Any, limits: CodecLimits, depth: int = 0) -> np
     if desc[0] == "sub" and len(desc) == 3:
         base = dtype_from_description(desc[1], limits, depth + 1)
         return np.dtype((base, _shape(desc[2], limits)))
-    if desc[0] == "struct" and len(desc) == 3:
-        return _struct_dtype(desc[1], desc[2], limits, depth)
+    if desc[0] == "struct" and len(desc) == 4 and type(desc[3]) is bool:
+        return _struct_dtype(desc[1], desc[2], desc[3], limits, depth)
     raise _bad("unknown dtype description")
 
 
-def _struct_dtype(fields: Any, itemsize: Any, limits: CodecLimits, depth: int) -> np.dtype:
+def _struct_dtype(fields: Any, itemsize: Any, aligned: bool, limits: CodecLimits,
+                  depth: int) -> np.dtype:
     if type(fields) is not list or len(fields) > limits.max_dtype_fields:
         raise _bad("structured dtype fields")
     if type(itemsize) is not int or not 0 < itemsize <= _MAX_DIM:
@@ -97,7 +98,7 @@ def _struct_dtype(fields: Any, itemsize: Any, limits: CodecLimits, depth: int) -
         offsets.append(offset)
     try:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                         "itemsize": itemsize})
+                         "itemsize": itemsize}, align=aligned)
     except (TypeError, ValueError) as exc:
         raise _bad(f"structured dtype: {exc}") from None
 
@@ -157,6 +158,8 @@ def decode_array(dtype: np.dtype, shape: tuple, order: str, buffer: Any) -> np.n
 
 def encode_scalar(value: np.generic) -> list:
     array = np.asarray(value)
+    if array.dtype.itemsize == 0:  # an empty np.str_ / np.bytes_ is typed U0 / S0
+        array = array.astype(array.dtype.kind + "1")
     return [describe_dtype(array.dtype), _flat_bytes(array).tobytes()]
 
 
@@ -173,6 +176,8 @@ def encode_scalar_type(value: type) -> Any:
         dtype = np.dtype(value)
     except TypeError:
         raise FedSerializationError(f"numpy type {value.__qualname__} cannot be sent") from None
+    if dtype.itemsize == 0:  # np.str_, np.bytes_, np.void: any width names the type
+        dtype = np.dtype(dtype.kind + "1")
     desc = describe_dtype(dtype)
     if dtype.type is not value:
         raise FedSerializationError(f"numpy type {value.__qualname__} cannot be sent")
@@ -189,5 +194,5 @@ def checked(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except FedSerializationError:
         raise
-    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 (numpy raises SystemError for bad code points)
         raise _bad(f"{type(exc).__name__}: {exc}") from None

@@ -317,6 +317,13 @@ class Allowlist:
         """
         return self._verdict(module, name) != _REFUSE
 
+    def admits_class(self, cls: type) -> bool:
+        """Whether the sender may pickle a value of class `cls` for a peer (the receiver
+        still checks every global the pickle names)."""
+        if self._allow_all:
+            return True
+        return self._verdict(cls.__module__, cls.__qualname__) != _REFUSE
+
     def describe(self) -> str:
         """Short human text for logs."""
         if self._allow_all:

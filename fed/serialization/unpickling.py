@@ -359,14 +359,14 @@ def loads(data: Any, buffers: Optional[Iterable[Any]], allowlist: Allowlist) -> 
     stream = io.BytesIO(data)
     remaining = iter(checked)
     try:
+        # The scan runs in every mode: even a trusted peer's garbled data must not make
+        # the C unpickler allocate gigabytes for its memo.
+        end, builds = _scan_opcodes(data)
+        if end != size:
+            raise FedSerializationError(f"{size - end} trailing bytes after the end of the pickle")
         if allowlist.allow_all:
             value = pickle.Unpickler(stream, buffers=remaining).load()
         else:
-            end, builds = _scan_opcodes(data)
-            if end != size:
-                raise FedSerializationError(
-                    f"{size - end} trailing bytes after the end of the pickle"
-                )
             try:
                 if builds:
                     raise _NeedsGuard()

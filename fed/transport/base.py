@@ -93,6 +93,10 @@ class Transport(abc.ABC):
         it was sent or vetoed); `aborted` means fed.init failed: peers are not told the
         job finished. Returns the send failures seen."""
 
+    def set_codecs(self, codecs: Any) -> None:
+        """Use these user codecs (a fed.codec.UserCodecs) for values sent or claimed from
+        now on; returns once the receiving side has them."""
+
     def vetoed(self, key: MessageKey, reason: str) -> None:
         """`key`'s value will never be sent (this party's egress policy refused it): tell
         `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks."""

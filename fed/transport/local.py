@@ -1,7 +1,8 @@
 """In-process transport for simulation mode: every party in one driver and one Ray cluster.
 
-Values still cross through serialization, the receiver's allowlist and the message
-size limit, so a value production would refuse is refused here first.
+Values still cross through the codec (and, when configured, the opt-in pickle and
+its allowlist) and the message size limit, exactly as in production
+(fed/transport/payload.py), so a value production would refuse is refused here first.
 
 The crossings run in one async actor (`_Crossing`): a crossing whose input is not
 ready yet is a suspended coroutine there, not a Ray worker process blocked in
@@ -20,7 +21,6 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import RayTaskError
 
-from fed import serialization
 from fed.config import FedConfig
 from fed.errors import (
     FedDeserializationRefused,
@@ -30,6 +30,7 @@ from fed.errors import (
     refused_error,
     remote_error_from,
 )
+from fed.transport import payload
 from fed.transport.base import MessageKey, Transport
 
 # Crossings waiting for their input at once; beyond it they queue in the actor (in
@@ -54,10 +55,11 @@ def _producer_error(exc: Exception, key: MessageKey) -> FedRemoteError:
 
 
 class _Crossing:
-    """Serializes each value as the sender would and deserializes it as the receiver would."""
+    """Encodes each value as the sender would and checks it as the receiver would; the
+    consumer builds it from the marker this returns, as in production."""
 
-    def __init__(self, allowlist: Any, max_message_bytes: Optional[int]) -> None:
-        self._allowlist = serialization.Allowlist.from_config(allowlist)
+    def __init__(self, policy: payload.WirePolicy, max_message_bytes: Optional[int]) -> None:
+        self._policy = policy
         self._max_bytes = max_message_bytes
         self._values: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
@@ -78,14 +80,17 @@ class _Crossing:
             self._refusals += 1
             raise
 
+    def set_codecs(self, codecs: Any) -> None:
+        self._policy = self._policy.with_codecs(codecs)
+
     def _roundtrip(self, key: MessageKey, value: Any) -> Any:
         try:
-            pickled, buffers = serialization.dumps(value)
+            fmt, parts = payload.pack(value, self._policy)
         except FedSerializationError as exc:
             raise FedSerializationError(
                 f"cannot send {key.producer()} from party {key.src!r} to party {key.dst!r}: {exc}"
             ) from None
-        size = len(pickled) + sum(b.nbytes for b in buffers)
+        size = sum(memoryview(p).nbytes for p in parts)
         if self._max_bytes is not None and size > self._max_bytes:
             raise refused_error(  # FedLimitError, as the production receiver's refusal
                 "too_large",
@@ -95,13 +100,15 @@ class _Crossing:
         channel = f"{key.src}->{key.dst}"
         self._values[channel] += 1
         self._bytes[channel] += size
+        # bytearray copies, as the receiver's buffers are: arrays arrive writable.
+        received = [bytearray(p) for p in parts]
         try:
-            # bytearray copies, as the receiver's buffers are: arrays arrive writable.
-            return serialization.loads(pickled, [bytearray(b) for b in buffers], self._allowlist)
+            payload.check(fmt, received, self._policy)
         except FedDeserializationRefused as exc:
             raise FedDeserializationRefused(
                 exc.type_name, f"(party {key.dst!r} receiving {key.producer()}) {exc.hint}"
             ) from None
+        return payload.Received(fmt, received, self._policy)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -118,17 +125,17 @@ _CrossingActor = ray.remote(num_cpus=0, max_concurrency=_MAX_PENDING_CROSSINGS)(
 class LocalTransport(Transport):
     """Hands values between the simulated parties of one driver."""
 
-    def __init__(self, config: FedConfig) -> None:
+    def __init__(self, config: FedConfig, codecs: Any = None) -> None:
         self._config = config
+        self._codecs = codecs
         self._in_flight: dict[tuple[str, str, int], "ray.ObjectRef"] = {}
         self._crossing: Optional["ray.actor.ActorHandle"] = None
 
     def start(self) -> None:
         comm = self._config.comm
-        serialization.Allowlist.from_config(comm.serializing_allowed_list)  # FedConfigError here
-        self._crossing = _CrossingActor.remote(
-            comm.serializing_allowed_list, comm.messages_max_size_in_bytes
-        )
+        policy = payload.WirePolicy.from_config(  # FedConfigError here
+            comm.serializing_allowed_list, comm.tensor_device, self._codecs)
+        self._crossing = _CrossingActor.remote(policy, comm.messages_max_size_in_bytes)
         ray.get(self._crossing.stats.remote())  # started: its cost belongs to fed.init
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
@@ -140,6 +147,11 @@ class LocalTransport(Transport):
         ref = self._in_flight.pop((key.src, key.dst, key.ordinal))
         # The ref travels nested, so the actor awaits it (and sees its failure) itself.
         return self._crossing.cross.remote(key.to_dict(), [ref])
+
+    def set_codecs(self, codecs: Any) -> None:
+        self._codecs = codecs
+        if self._crossing is not None:
+            ray.get(self._crossing.set_codecs.remote(codecs))
 
     def wait_for_peers(self, timeout_s: float) -> None:
         pass

@@ -1,9 +1,9 @@
 """Hand large received values to the object store in one copy, out of the receiver.
 
-Without this, a pushed value is unpickled in the receiver and returned from the
-barrier (`ReceiverProxy.get`), whereupon Ray pickles it again into the object store:
-the receiving party holds the payload twice for as long as the barrier's result
-lives in the receiver, and pays an extra serialization.
+Without this, a pushed value's buffers would be returned from the barrier
+(`ReceiverProxy.get`) inside a small-value marker, whereupon Ray pickles them again
+into the object store: the receiving party holds the payload twice for as long as
+the barrier's result lives in the receiver, and pays an extra serialization.
 
 Here the DATA frames are read straight (``recv_into``) into receiver-owned buffers
 whose pages are committed only as bytes arrive (anonymous memory maps,
@@ -13,9 +13,10 @@ space, not memory, and a stalled or refused stream returns what it used at once
 object store with one ``ray.put`` (one copy) and the receiver's buffers are released.
 The barrier then returns a small :class:`InObjectStore` marker; unpickling it (which
 Ray does wherever the barrier's value is used: a task's argument, ``fed.get``, a
-nested ref resolved in a task) rebuilds the value on the object-store buffers, without
-a copy, through the same restricted unpickler and allowlist the receiver already
-checked it with. Sealed objects are never written to.
+nested ref resolved in a task) builds the value on the object-store buffers, without
+a copy, with the codec (and, for an opt-in pickle value, the allowlist) the receiver
+already checked it with (fed/transport/payload.py). Sealed objects are never written
+to, so arrays built there are read-only.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Landing:
             return None
         return cls(sizes)
 
-    def marker(self, allowlist: Any) -> "InObjectStore":
+    def marker(self, fmt: str, policy: Any) -> "InObjectStore":
         """Put the complete value's large buffers into the object store; free ours."""
         import numpy as np
         import ray
@@ -65,7 +66,7 @@ class Landing:
         arrays = [np.frombuffer(buffers[i], dtype=np.uint8) for i in self.big]
         ref = ray.put(arrays)
         del arrays
-        marker = InObjectStore(bytes(buffers[0]), ref, self.big, small, allowlist)
+        marker = InObjectStore(fmt, bytes(buffers[0]), ref, self.big, small, policy)
         self.close()
         return marker
 
@@ -76,28 +77,32 @@ class Landing:
             self.buffers = None
 
 
-def _rebuild(pickled: bytes, ref: Any, big: list[int], small: dict[int, bytes],
-             allowlist: Any) -> Any:
+def _rebuild(fmt: str, header: bytes, ref: Any, big: list[int], small: dict[int, bytes],
+             policy: Any) -> Any:
     import ray
 
-    from fed import serialization
+    from fed.transport import payload
 
     arrays = ray.get(ref)
     buffers = dict(small)
     buffers.update(zip(big, arrays))
-    return serialization.loads(pickled, [buffers[i] for i in range(1, len(buffers) + 1)],
-                               allowlist)
+    parts = [header] + [buffers[i] for i in range(1, len(buffers) + 1)]
+    return payload.build(fmt, parts, policy)
 
 
 class InObjectStore:
     """What a barrier returns for a large value; unpickles as the value itself."""
 
-    __slots__ = ("pickled", "ref", "big", "small", "allowlist")
+    __slots__ = ("fmt", "header", "ref", "big", "small", "policy")
 
-    def __init__(self, pickled: bytes, ref: Any, big: list[int], small: dict[int, bytes],
-                 allowlist: Any) -> None:
-        self.pickled, self.ref, self.big, self.small = pickled, ref, big, small
-        self.allowlist = allowlist
+    def __init__(self, fmt: str, header: bytes, ref: Any, big: list[int],
+                 small: dict[int, bytes], policy: Any) -> None:
+        self.fmt, self.header, self.ref, self.big, self.small = fmt, header, ref, big, small
+        self.policy = policy
+
+    def claimed(self, policy: Any) -> "InObjectStore":
+        """This value under the policy its barrier runs with (codecs registered since)."""
+        return InObjectStore(self.fmt, self.header, self.ref, self.big, self.small, policy)
 
     def __reduce__(self):
-        return (_rebuild, (self.pickled, self.ref, self.big, self.small, self.allowlist))
+        return (_rebuild, (self.fmt, self.header, self.ref, self.big, self.small, self.policy))

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from fed import serialization
 from fed._log import configure_unconfigured, party_logger
 from fed.names import JOB_SECRET_ENV
 from fed.errors import (
@@ -30,7 +29,7 @@ from fed.errors import (
     error_from_wire,
     FedTransportError,
 )
-from fed.transport import wire
+from fed.transport import payload, wire
 from fed.transport.base import MessageKey
 from fed.transport.budget import Inflight, PeerBudget
 from fed.transport.proof import proof_ok
@@ -55,10 +54,6 @@ class _Arrived:
     error: Optional[BaseException] = None
     nbytes: int = 0  # held against the sender's buffer budget until claimed
     wire_bytes: int = 0  # the value's size on the wire (stats)
-    #: The received buffers of a value held until claimed: kept instead of the decoded
-    #: value (which may be far larger than what the budget charged) and decoded again
-    #: by the barrier.
-    encoded: Optional[list] = None
 
 
 @dataclass
@@ -114,6 +109,8 @@ class ReceiverProxy:
         max_chunk_bytes: int,
         limits: Optional[dict] = None,
         job_secret: Optional[bytes] = None,
+        tensor_device: str = "cpu",
+        codecs: Any = None,
     ) -> None:
         from fed.transport.identity import IdentityVerifier
         from fed.transport.tls import server_context
@@ -126,7 +123,8 @@ class ReceiverProxy:
         self._job_secret = job_secret
         # Control frames that could end the job count only from a proven peer.
         self._controls_trusted = self._ssl is not None or job_secret is not None
-        self._allowlist = serialization.Allowlist.from_config(allowlist)
+        # Values are checked on arrival and built where consumed (fed/transport/payload.py).
+        self._policy = payload.WirePolicy.from_config(allowlist, tensor_device, codecs)
         self._max_message = max_message_bytes
         # DATA frames may be as large as the sender's chunk_size_in_bytes, at least 64 MiB
         # (a receiver must take what a peer with a larger chunk size sends).
@@ -232,14 +230,12 @@ class ReceiverProxy:
             raise self._diverged(expected=key, got=arrived.key)
         if arrived.error is not None:
             raise _raisable(arrived.error, key)
-        if arrived.encoded is not None:
-            return await asyncio.get_running_loop().run_in_executor(None, self._loads, arrived.encoded)
-        return arrived.value
+        # A marker that builds the value where it is used, with the codecs registered now.
+        return arrived.value.claimed(self._policy)
 
-    def _loads(self, buffers: list) -> Any:
-        """Decode a held value's buffers again (they passed the allowlist on arrival)."""
-        with memoryview(buffers[0]) as data:
-            return serialization.loads(data, buffers[1:], self._allowlist)
+    async def set_codecs(self, codecs: Any) -> None:
+        """The driver's user codecs (fed.register_codec), for values claimed from now on."""
+        self._policy = self._policy.with_codecs(codecs)
 
     async def _wait_for(self, key: MessageKey, slot: tuple[str, int]) -> _Arrived:
         self._raise_if_hopeless(key)
@@ -400,12 +396,9 @@ class ReceiverProxy:
         nbytes = value.charged
         self._counters.add(key.src, arrived.wire_bytes)
         if waiter is not None:
-            arrived.encoded = None
             waiter[1].set_result(arrived)
             self._budget.release(key.src, nbytes)
         else:
-            if arrived.encoded is not None:
-                arrived.value = None  # held as the charged bytes; decoded when claimed
             arrived.nbytes = nbytes
             self._arrived[slot] = arrived
         return True
@@ -687,7 +680,7 @@ class ReceiverProxy:
     def _receive_value(self, sock: socket.socket, peer: str, header: dict[str, Any]) -> None:
         """One value: check its header against the connection and the limits, then read
         it, charging the peer's budget frame by frame, unpickle and deliver."""
-        key, kind, sizes = self._check_header(peer, header)
+        key, kind, fmt, sizes = self._check_header(peer, header)
         total = sum(sizes)
         slot = (key.src, key.ordinal)
         if slot in self._consumed or slot in self._arrived:
@@ -716,7 +709,7 @@ class ReceiverProxy:
                 raise Refusal("too_large", f"this party cannot allocate {total} bytes: "
                               f"{exc}", peer, key.job) from None
             self._read_body(sock, buffers, sizes, value)
-            arrived = self._decode(key, kind, buffers, landing)
+            arrived = self._decode(key, kind, fmt, buffers, landing)
             arrived.wire_bytes = total
             fresh = self._call_on_loop(self._on_arrival, arrived, value)
             buffers = []  # delivered or dropped: freed with their last reference
@@ -734,16 +727,19 @@ class ReceiverProxy:
                        f"{self._limits.max_buffered_bytes_per_peer} bytes waiting in party "
                        f"{self._party!r} for their barriers; retry later", peer, key.job)
 
-    def _check_header(self, peer: str, header: dict[str, Any]) -> tuple[MessageKey, str, list[int]]:
-        """A MSG header's key, kind and sizes, or a ProtocolError / Refusal saying why not."""
+    def _check_header(self, peer: str,
+                      header: dict[str, Any]) -> tuple[MessageKey, str, str, list[int]]:
+        """A MSG header's key, kind, format and sizes, or a ProtocolError / Refusal saying
+        why not."""
         try:
             key = MessageKey.from_dict(header["key"])
             kind = header["kind"]
+            fmt = header.get("format", payload.CODEC)
             sizes = [int(s) for s in header["sizes"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise wire.ProtocolError(f"malformed MSG header: {exc}") from None
-        if not _well_typed(key) or kind not in ("value", "error"):
-            raise wire.ProtocolError("malformed MSG header: ill-typed key fields or kind")
+        if not _well_typed(key) or kind not in ("value", "error") or fmt not in payload.FORMATS:
+            raise wire.ProtocolError("malformed MSG header: ill-typed key fields, kind or format")
         if key.src != peer:
             raise Refusal("spoofed_source", f"a value claiming source {key.src!r} on a "
                           f"connection authenticated as {peer!r}", peer, key.job)
@@ -755,6 +751,9 @@ class ReceiverProxy:
                           peer, key.job)
         if not sizes or any(s < 0 for s in sizes):
             raise wire.ProtocolError("MSG header declares no or negative sizes")
+        if fmt == payload.PICKLE and (kind == "error" or self._policy.allowlist is None):
+            # Refused unread: this party accepts no pickle (or an error as a pickle).
+            raise Refusal("deserialization", payload.pickle_refused_text(), peer, key.job)
         limits = self._limits
         if len(sizes) > limits.max_frames_per_value:
             raise Refusal("too_many_frames", f"{len(sizes)} buffers exceed max_frames_per_value="
@@ -763,29 +762,29 @@ class ReceiverProxy:
         if limits.max_value_bytes is not None and total > limits.max_value_bytes:
             raise Refusal("too_large", f"value of {total} bytes exceeds messages_max_size_in_bytes="
                           f"{limits.max_value_bytes} in party {self._party!r}", peer, key.job)
-        return key, kind, sizes
+        return key, kind, fmt, sizes
 
-    def _decode(self, key: MessageKey, kind: str, buffers: list,
+    def _decode(self, key: MessageKey, kind: str, fmt: str, buffers: list,
                 landing: Optional[Landing]) -> _Arrived:
-        """Unpickle (through the allowlist) what arrived; a large value is handed to the
-        object store and represented by its marker."""
+        """Check what arrived (an error envelope is decoded: it is small and raised here);
+        a value is held as a marker that builds it where it is consumed, a large one in
+        the object store."""
         arrived = _Arrived(key)
         try:
-            with memoryview(buffers[0]) as data:
-                value = serialization.loads(data, buffers[1:], self._allowlist)
             if kind == "error":
+                value = payload.build(fmt, buffers, self._policy)
                 arrived.error = error_from_wire(value, key.src, key.producer_call)
-            elif landing is not None:
+                return arrived
+            payload.check(fmt, buffers, self._policy)
+            arrived.value = payload.Received(fmt, buffers, self._policy)
+            if landing is not None:
                 try:
-                    del value  # the marker is rebuilt from the object store
-                    arrived.value = landing.marker(self._allowlist)
+                    arrived.value = landing.marker(fmt, self._policy)
                 except Exception as exc:  # e.g. the object store is full: keep it here
                     self._log.warning("keeping a %d byte value in the receiver (the object "
                                       "store refused it: %s)", sum(landing.sizes), exc)
-                    arrived.value = serialization.loads(bytes(buffers[0]), buffers[1:],
-                                                        self._allowlist)
-            else:
-                arrived.value, arrived.encoded = value, buffers
+                    arrived.value = payload.Received(fmt, [bytes(b) for b in buffers],
+                                                     self._policy)
         except FedSerializationError as exc:
             arrived.error = exc
         return arrived

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 
-from fed import serialization
 from fed._log import party_logger
 from fed.audit import AuditLog, payload_digest
 from fed.errors import (
@@ -33,7 +32,7 @@ from fed.errors import (
     refused_error,
     remote_error_from,
 )
-from fed.transport import wire
+from fed.transport import payload, wire
 from fed.transport.base import MessageKey
 from fed.transport.limits import ReceiverBusy, check_advertised
 from fed.transport.proof import hello_proof
@@ -115,6 +114,7 @@ class SenderProxy:
         self._chunk = int(comm["chunk_size_in_bytes"])
         self._max_message = comm.get("messages_max_size_in_bytes")
         self._expose_trace = bool(comm.get("expose_error_trace"))
+        self._policy: payload.WirePolicy = comm.get("wire_policy") or payload.WirePolicy()
         self._peer_timeout_s = float(comm["peer_timeout_s"])
         self._startup_timeout_s = float(comm["startup_timeout_s"])
         per_peer = int(comm["connections_per_peer"])
@@ -285,30 +285,35 @@ class SenderProxy:
         if key.dst in self._lost:
             raise FedPeerUnavailableError(key.dst, f"lost while sending {key.producer()}")
 
-    def _serialize(self, key: MessageKey, value: Any) -> tuple[bytes, list]:
+    def _serialize(self, key: MessageKey, value: Any) -> tuple[str, list]:
         if self._egress_allowed is not None and key.dst not in self._egress_allowed:
             raise FedEgressDenied(
                 f"party {self._party!r} may not send {key.producer()} to {key.dst!r}: not in "
                 f"config['egress']['allowed_parties'] {sorted(self._egress_allowed)}"
             )
         try:
-            return serialization.dumps(value)
-        except FedSerializationError:
-            raise
-        except Exception as exc:
+            return payload.pack(value, self._policy)
+        except FedSerializationError as exc:
+            raise FedSerializationError(
+                f"cannot send {key.producer()} to party {key.dst!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 (a user codec may raise anything)
             raise FedSerializationError(
                 f"cannot serialize {key.producer()} for party {key.dst!r}: {exc}"
             ) from None
+
+    def use_codecs(self, codecs: Any) -> None:
+        """Encode with these user codecs from now on (fed.register_codec after fed.init)."""
+        self._policy = self._policy.with_codecs(codecs)
 
     def _push(self, key: MessageKey, kind: str, value: Any) -> dict[str, Any]:
         """Check the perimeter, serialize once, stream with retries, audit the outcome."""
         self._check_peer(key)
         try:
-            pickled, buffers = self._serialize(key, value)
+            fmt, parts = self._serialize(key, value)
         except FedEgressDenied:
             self._audit_record(key, kind, "denied", 0, None)
             raise
-        sizes = [len(pickled)] + [b.nbytes for b in buffers]
+        sizes = [memoryview(p).nbytes for p in parts]
         total = sum(sizes)
         if self._max_message is not None and total > self._max_message:
             raise FedLimitError(
@@ -317,9 +322,8 @@ class SenderProxy:
                 f"{self._max_message}; raise the limit in config['cross_silo_comm']",
             )
         header = wire.encode_control(
-            wire.MSG, {"key": key.to_dict(), "kind": kind, "sizes": sizes}
+            wire.MSG, {"key": key.to_dict(), "kind": kind, "format": fmt, "sizes": sizes}
         )
-        parts = [pickled, *buffers]
         digest = payload_digest(parts) if self._audit is not None else None
         attempts = 0  # bytes leave once per attempt (for the audit log)
 

@@ -24,6 +24,7 @@ from fed._log import party_logger
 from fed.names import JOB_SECRET_ENV
 from fed.transport.base import MessageKey, Transport
 from fed.transport.hosted import Hosted
+from fed.transport.payload import WirePolicy
 from fed.transport.placement import receiver_placement
 from fed.transport.proof import job_secret_from_env
 from fed.transport.receiver import ReceiverProxy
@@ -109,10 +110,12 @@ class TcpTransport(Transport):
     """Drives this party's receiver actor and hosts its sender, from the driver."""
 
     def __init__(
-        self, config: FedConfig, on_send_failed: Optional[Callable[[FedError], None]] = None
+        self, config: FedConfig, on_send_failed: Optional[Callable[[FedError], None]] = None,
+        codecs: Any = None,
     ) -> None:
         self._config = config
         self._on_send_failed = on_send_failed
+        self._codecs = codecs
         self._receiver = None
         self._sender = None
         self._pending: list = []
@@ -168,7 +171,7 @@ class TcpTransport(Transport):
                 "max_header_bytes": comm.max_header_bytes,
                 "max_frames_per_value": comm.max_frames_per_value,
             },
-            job_secret=secret,
+            job_secret=secret, tensor_device=comm.tensor_device, codecs=self._codecs,
         )
 
     def _address_book(self) -> dict[str, tuple[str, int]]:
@@ -188,6 +191,8 @@ class TcpTransport(Transport):
             "connections_per_peer": comm.connections_per_peer,
             "egress_allowed_parties": cfg.egress.allowed_parties,  # docs/security.md
             "audit_log": cfg.egress.audit_log,
+            "wire_policy": WirePolicy.from_config(comm.serializing_allowed_list,
+                                                  comm.tensor_device, self._codecs),
         }
 
     def _sender_hooks(self) -> SenderHooks:
@@ -216,6 +221,13 @@ class TcpTransport(Transport):
         if pending:
             limit = min(self._config.comm.shutdown_flush_timeout_s, 10.0)
             concurrent.futures.wait(pending, timeout=limit)
+
+    def set_codecs(self, codecs: Any) -> None:
+        self._codecs = codecs
+        if self._sender is not None:
+            self._sender.obj.use_codecs(codecs)
+        if self._receiver is not None:
+            ray.get(self._receiver.set_codecs.remote(codecs))
 
     def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
         self._pending.append(self._sender.submit(self._sender.obj.send(key.to_dict(), [ref])))

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import msgpack
 
-PROTOCOL = "rayfed/1"
+PROTOCOL = "rayfed/2"  # 2: values in the typed codec (docs/protocol.md)
 
 HELLO = 1
 WELCOME = 2
