@@ -139,6 +139,7 @@ class SenderProxy:
         self._lost: set[str] = set()
         self._finished: set[str] = set()  # peers whose BYE reached our receiver
         self._heartbeat: Optional[asyncio.Task] = None
+        self._failure_notices: set[asyncio.Task] = set()  # send_failed notices in flight
         self._identity = None
         if tls is not None:
             from fed.transport.identity import IdentityVerifier
@@ -174,10 +175,14 @@ class SenderProxy:
             self._count_failure()
             self._log.error("%s", text)
             if key.dst not in self._finished and key.dst not in self._lost:
-                # The consumer's barrier fails now rather than at heartbeat loss.
+                # The consumer's barrier fails now rather than at heartbeat loss; bye()
+                # waits for these notices (a value refused here, before it left, would
+                # otherwise be waited for forever once our BYE says we are done).
                 notice = {"kind": "send_failed", "key": key.to_dict(), "text": text}
-                asyncio.get_running_loop().create_task(
+                task = asyncio.get_running_loop().create_task(
                     self.notify(key.dst, notice, self._timeout_s))
+                self._failure_notices.add(task)
+                task.add_done_callback(self._failure_notices.discard)
             self._hooks.send_failed(exc)  # the typed error (identity, limit, ...) as raised
             raise
 
@@ -240,6 +245,9 @@ class SenderProxy:
         attempt for a peer that answered before (if it is gone, it finished or died); a
         peer that never answered may still be starting: retry it until `deadline`. No BYE
         to a peer that already finished or is lost."""
+        if self._failure_notices:  # delivered before BYE, bounded by the deadline
+            await asyncio.wait(list(self._failure_notices),
+                               timeout=max(0.0, deadline - time.monotonic()))
         peers = [p for p in self._addresses if p not in self._lost and p not in self._finished]
         await asyncio.gather(*[
             self._control.run(self._bye_one, p,
