@@ -6,7 +6,10 @@ and viewed as numpy without copying. dtypes numpy lacks (bfloat16, complex32,
 float8 and float4 variants) cross as an unsigned-integer view of the same bytes.
 Receiver: `torch.from_numpy` over the received array (shared memory, no copy), the
 view back to the sent dtype, then placement on `CodecOptions.torch_device` (a copy
-unless that is "cpu"). `requires_grad` crosses as a flag on a detached tensor: the
+unless that is "cpu"). A large value is built over the party's object store, whose
+memory is read-only by contract (numpy arrays there are flagged so): torch has no
+read-only tensors, so it warns once, and such a tensor must be cloned before it is
+modified in place. `requires_grad` crosses as a flag on a detached tensor: the
 autograd graph stays with the sender. `nn.Parameter` stays a Parameter.
 
 Nothing here imports torch until a tensor is encoded or decoded.
@@ -101,7 +104,7 @@ def decode_tensor(plain: Any, options: CodecOptions) -> Any:
     name = libcheck.choice(TAG, plain["dtype"], _dtypes(), "dtype")
     dtype, carrier, numpy_carrier = _dtypes()[name]
     data = libcheck.array(TAG, plain["data"], "data", dtypes=(numpy_carrier,))
-    tensor = torch.from_numpy(libcheck.writable(data))
+    tensor = torch.from_numpy(libcheck.in_place(data))  # no copy, even of read-only memory
     if carrier != dtype:
         tensor = tensor.view(dtype)
     if options.torch_device != "cpu":

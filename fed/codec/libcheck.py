@@ -138,7 +138,7 @@ def build(tag: str, what: str, make: Callable[..., Any], *args: Any, **kwargs: A
         raise refuse(tag, f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def writable(values: np.ndarray) -> np.ndarray:
-    """The received array itself when it is C-contiguous, aligned and writable (as the
-    core delivers it); a copy otherwise, so a library never wraps memory it may not."""
-    return np.require(values, requirements=("C", "A", "W"))
+def in_place(values: np.ndarray) -> np.ndarray:
+    """The received array itself when it is C-contiguous and aligned (as the core
+    delivers it); a copy otherwise, so a library never wraps memory it cannot use."""
+    return np.require(values, requirements=("C", "A"))
