@@ -105,6 +105,25 @@ def _wait_all(run: PartyRun, run_dir: str, name: str, timeout: float = 900.0) ->
             time.sleep(0.02)
 
 
+def _sample_big_pushes(run: PartyRun, run_dir: str, step: str, reps: int) -> list[dict]:
+    """bob's memory before and during each big push (the party steps `step`_i)."""
+    out = []
+    for i in range(reps):
+        _wait_all(run, run_dir, f"{step}_{i}")
+        before = settle_memory(run.sid("bob"), quiet_s=1.0, max_s=10.0)
+        with MemorySampler(run.sid("bob")) as sampler:
+            post(run_dir, f"go.{step}_{i}")
+            _wait_all(run, run_dir, f"{step}_{i}_done")
+        out.append({"before": before, "peak": dict(sampler.peak), "samples": sampler.samples})
+        post(run_dir, f"go.{step}_{i}_done")
+    return out
+
+
+def _peak_ratio(pushes: list[dict], nbytes: int) -> float:
+    """The worst push: bob's peak during it minus his settled memory before, x payload."""
+    return max(b["peak"]["pss"] - b["before"]["pss"] for b in pushes) / nbytes
+
+
 def measure_engine(params: dict[str, Any]) -> dict[str, Any]:
     """Run the suite as two parties; measure their memory from outside meanwhile."""
     import suite
@@ -121,16 +140,9 @@ def measure_engine(params: dict[str, Any]) -> dict[str, Any]:
         memory["engine_idle"] = {p: settle_memory(run.sid(p)) for p in PARTIES}
         memory["engine_idle_processes"] = {p: session_processes(run.sid(p)) for p in PARTIES}
         post(run_dir, "go.engine_idle")
-        memory["big"] = []
-        for i in range(params["big_reps"]):
-            _wait_all(run, run_dir, f"big_{i}")
-            before = settle_memory(run.sid("bob"), quiet_s=1.0, max_s=10.0)
-            with MemorySampler(run.sid("bob")) as sampler:
-                post(run_dir, f"go.big_{i}")
-                _wait_all(run, run_dir, f"big_{i}_done")
-            memory["big"].append({"before": before, "peak": dict(sampler.peak),
-                                  "samples": sampler.samples})
-            post(run_dir, f"go.big_{i}_done")
+        memory["big"] = _sample_big_pushes(run, run_dir, "big", params["big_reps"])
+        if params.get("torch"):
+            memory["tbig"] = _sample_big_pushes(run, run_dir, "tbig", params["big_reps"])
         results = run.wait()
     finally:
         run.stop()
@@ -155,12 +167,12 @@ def measure_engine(params: dict[str, Any]) -> dict[str, Any]:
         # figure is the worst push. (Ray's object store keeps freed pages resident, so
         # the peak over the *first* idle also counts earlier pushes' retained pages
         # whenever Ray places the next object in fresh store memory: kept for the docs.)
-        "big_peak_ratio": max(b["peak"]["pss"] - b["before"]["pss"] for b in memory["big"])
-        / params["big_bytes"],
+        "big_peak_ratio": _peak_ratio(memory["big"], params["big_bytes"]),
         "big_peak_ratios": [(b["peak"]["pss"] - b["before"]["pss"]) / params["big_bytes"]
                             for b in memory["big"]],
         "big_peak_over_first_idle_ratio": (max(b["peak"]["pss"] for b in memory["big"])
                                            - idle_bob) / params["big_bytes"],
+        **_torch_figures(alice, memory, params),
         "engine_idle_add_bytes": engine_add,
         "engine_idle_add_mib": max(engine_add.values()) / MiB,
         # The proxy actors' own processes (ray::ReceiverProxy here; RayFed's
@@ -171,6 +183,20 @@ def measure_engine(params: dict[str, Any]) -> dict[str, Any]:
         ) / MiB,
         "fed_init_s": max(alice["fed_init_s"], bob["fed_init_s"]),
         "memory": memory,
+    }
+
+
+def _torch_figures(alice: dict[str, Any], memory: dict[str, Any],
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """The PyTorch rows (params["torch"]): FL round and 1 GiB tensor push."""
+    if not params.get("torch"):
+        return {}
+    big = params["big_bytes"]
+    return {
+        "torch_fl_ms": sum(alice["torch_fl_round_s"]) / len(alice["torch_fl_round_s"]) * 1000,
+        "torch_fl_round_s": alice["torch_fl_round_s"],
+        "torch_push_mibps": big / MiB / median(alice["torch_push"][big]),
+        "torch_big_peak_ratio": _peak_ratio(memory["tbig"], big),
     }
 
 
@@ -316,6 +342,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--engine-only", action="store_true",
                         help="skip the limits (compare.py measures them once)")
+    parser.add_argument("--torch", action="store_true",
+                        help="also the FL round and the 1 GiB push with PyTorch tensors")
     args = parser.parse_args(argv)
 
     json_path = os.path.abspath(args.json) if args.json else None
@@ -323,6 +351,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # a checkout's `fed/` never shadows the engine under test (compare.py's RayFed).
     os.chdir(HERE)
     params = default_params(args.quick)
+    params["torch"] = args.torch
     started = time.time()
     load_before = os.getloadavg()
     limits = None if args.engine_only else measure_limits(args.quick)

@@ -63,7 +63,7 @@ def make_array(nbytes, seed):
 
 @fed.remote
 def size_of(x):
-    return int(x.nbytes)
+    return int(x.nbytes)  # a numpy array's or a torch tensor's
 
 
 @fed.remote
@@ -96,6 +96,48 @@ def fl_mean(a, b):
     return [(x + y) * np.float32(0.5) for x, y in zip(a, b)]
 
 
+# ---- the same workloads with PyTorch values (only when params["torch"] is set) -------------
+
+
+@fed.remote
+def make_tensor(nbytes, seed):
+    import torch
+
+    return torch.full((nbytes // 4,), float(seed), dtype=torch.float32)
+
+
+@fed.remote
+def tensor_arrival(x):
+    """Runs in the receiving party once the pushed tensor is there: when, and a check."""
+    return time.time(), int(x.numel() * x.element_size()), float(x[-1])
+
+
+@fed.remote
+class TorchTrainer:
+    """Holds one party's 25 MB model as a state_dict: 50 float32 tensors."""
+
+    def __init__(self, seed):
+        import collections
+
+        import torch
+
+        self.state = collections.OrderedDict(
+            (f"layer{i}.weight", torch.full((FL_ARRAY_FLOATS,), float(seed + i)))
+            for i in range(FL_ARRAYS))
+
+    def train(self, mean=None):
+        if mean is not None:
+            self.state = mean
+        return self.state
+
+
+@fed.remote
+def torch_fl_mean(a, b):
+    import collections
+
+    return collections.OrderedDict((k, (a[k] + b[k]) * 0.5) for k in a)
+
+
 # ---- one party -----------------------------------------------------------------------------
 
 
@@ -110,13 +152,14 @@ def _sync() -> None:
     fed.get([marker.party("alice").remote(), marker.party("bob").remote()])
 
 
-def _push_once(nbytes: int, seed: int) -> tuple[float, int, float]:
-    """One alice -> bob push of a fresh float32 array; seconds from send to arrival."""
-    x = make_array.party("alice").remote(nbytes, seed)
+def _push_once(nbytes: int, seed: int, torch: bool = False) -> tuple[float, int, float]:
+    """One alice -> bob push of a fresh float32 array (or tensor); seconds to arrival."""
+    make, arrive = (make_tensor, tensor_arrival) if torch else (make_array, arrival)
+    x = make.party("alice").remote(nbytes, seed)
     # alice has x, and bob is at this line too; then alice sends at t0.
     fed.get([size_of.party("alice").remote(x), marker.party("bob").remote()])
     t0 = time.time()
-    t_arrived, got, last = fed.get(arrival.party("bob").remote(x))
+    t_arrived, got, last = fed.get(arrive.party("bob").remote(x))
     if got != nbytes // 4 * 4 or last != float(seed):
         raise AssertionError(f"bob received {got} bytes ending in {last}, expected "
                              f"{nbytes} ending in {seed}")
@@ -145,13 +188,10 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
 
     # ---- 1 GiB push; the parent samples bob's memory during each one ----
     big = params["big_bytes"]
-    times = []
-    for i in range(params["big_reps"]):
-        _step(run_dir, party, f"big_{i}")  # parent: baseline, then start sampling
-        dt, _, _ = _push_once(big, 7 + i)
-        times.append(dt)
-        _step(run_dir, party, f"big_{i}_done")  # parent: stop sampling
-    out["push"] = {big: times}
+    out["push"] = {big: _big_pushes(run_dir, party, big, params["big_reps"], "big")}
+    if params.get("torch"):
+        out["torch_push"] = {big: _big_pushes(run_dir, party, big, params["big_reps"],
+                                              "tbig", torch=True)}
 
     # ---- push throughput, smaller sizes ----
     for nbytes, reps in params["push_sizes"]:
@@ -194,11 +234,42 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
         if len(weights) != FL_ARRAYS or weights[0].nbytes != FL_ARRAY_FLOATS * 4:
             raise AssertionError("FL round gave a wrong model")
     out["fl_round_s"] = round_times[params["fl_warmup"]:]
+    if params.get("torch"):
+        out["torch_fl_round_s"] = _torch_fl_rounds(params)
 
     _sync()
     fed.shutdown()
     ray.shutdown()
     return out
+
+
+def _big_pushes(run_dir: str, party: str, nbytes: int, reps: int, step: str,
+                torch: bool = False) -> list[float]:
+    """Pushes of `nbytes`; the parent samples bob's memory between the two steps of each."""
+    times = []
+    for i in range(reps):
+        _step(run_dir, party, f"{step}_{i}")  # parent: baseline, then start sampling
+        times.append(_push_once(nbytes, 7 + i, torch=torch)[0])
+        _step(run_dir, party, f"{step}_{i}_done")  # parent: stop sampling
+    return times
+
+
+def _torch_fl_rounds(params: dict) -> list[float]:
+    """The FL round with the model as a PyTorch state_dict (50 float32 tensors)."""
+    ta = TorchTrainer.party("alice").remote(0)
+    tb = TorchTrainer.party("bob").remote(1000)
+    mean = None
+    round_times = []
+    for _ in range(params["fl_warmup"] + params["fl_rounds"]):
+        start = time.perf_counter()
+        wa = ta.train.remote(mean) if mean is not None else ta.train.remote()
+        wb = tb.train.remote(mean) if mean is not None else tb.train.remote()
+        mean = torch_fl_mean.party("alice").remote(wa, wb)
+        state = fed.get(mean)
+        round_times.append(time.perf_counter() - start)
+        if len(state) != FL_ARRAYS or state["layer0.weight"].numel() != FL_ARRAY_FLOATS:
+            raise AssertionError("torch FL round gave a wrong model")
+    return round_times[params["fl_warmup"]:]
 
 
 # ---- the numpy part of an FL round, measured alone (for the FL row's limit) ---------------
