@@ -196,6 +196,9 @@ def get(fed_objects: Any, timeout: Optional[float] = None) -> Any:
         values = _get_within(ctx, items, refs, timeout)
     except ray.exceptions.RayTaskError as exc:
         raise _task_failure(items, refs, exc) from _chained(exc)
+    failure = ctx.transport.job_failure()
+    if failure is not None:  # decided: every later fed.get says the same, value or not
+        raise failure
     return values[0] if single else values
 
 

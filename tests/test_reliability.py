@@ -318,6 +318,40 @@ def party_name_branch(party, addresses):
         fed.shutdown()
 
 
+def get_after_failure(party, addresses):
+    """bob holds x (its barrier returned), then the parties diverge: every later
+    fed.get in bob, x's included, raises the divergence bob decided."""
+    start_ray()
+    fed.init(addresses=addresses, party=party)
+    try:
+        x = produce.party("alice").remote(7)
+        first = fed.get(x)
+        if party == "bob":
+            produce.party("bob").remote(0)  # an extra call in bob shifts its sequence ids
+        try:
+            fed.get(add.party("bob").remote(produce.party("alice").remote(1), 1))
+        except fed.FedDivergenceError as exc:
+            decided = str(exc)
+        else:
+            return first, "no error", "no error"
+        try:
+            again = fed.get(x)
+        except fed.FedDivergenceError as exc:
+            again = str(exc)
+        return first, decided, again
+    finally:
+        fed.shutdown()
+
+
+def test_after_the_job_failed_every_fed_get_raises_the_decided_error_even_for_arrived_values():
+    outcomes = run_parties(get_after_failure, timeout=120)
+    assert_all_ok(outcomes)
+    first, decided, again = outcomes["bob"].result
+    assert first == 7, describe(outcomes)
+    assert "diverged" in decided, describe(outcomes)
+    assert again == decided, describe(outcomes)
+
+
 def test_party_branch_around_remote_is_reported_in_both_parties():
     outcomes = run_parties(party_name_branch, timeout=120)
     assert_all_ok(outcomes)

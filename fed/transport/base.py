@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import ray
+
+if TYPE_CHECKING:
+    from fed.errors import FedError
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,11 @@ class Transport(abc.ABC):
         `key.dst`, whose barrier on it would otherwise wait. Best effort, never blocks.
         A transport that also executes `key.dst` (simulation) makes its `receive(key)`
         fail as that barrier would."""
+
+    def job_failure(self) -> Optional[FedError]:
+        """The error this party decided its job failed with, or None: once decided,
+        every later fed.get raises it, even for values that had already arrived."""
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Counters a user can read: values and bytes per peer, retries, refusals."""

@@ -183,6 +183,10 @@ class ReceiverProxy:
     async def peer_back(self, peer: str) -> None:
         self._peers.back(peer)
 
+    async def job_failure(self) -> FedError | None:
+        """The error the job failed with in this party, once decided (else None)."""
+        return self._barriers.failure
+
     async def fail(self, error: FedError) -> None:
         """A local failure the whole job must see (a send that could not be delivered)."""
         self._barriers.fail_all(error)

@@ -352,6 +352,11 @@ class TcpTransport(Transport):
             self._sender.close()
         self._sender = self._receiver = None
 
+    def job_failure(self) -> Optional[FedError]:
+        if self._receiver is None:
+            return None
+        return ray.get(self._receiver.job_failure.remote())
+
     def stats(self) -> dict[str, Any]:
         if self._sender is None:
             return {}
