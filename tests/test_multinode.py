@@ -94,12 +94,36 @@ def two_node_cluster() -> Iterator[str]:
         procs.append(subprocess.Popen(head, env=env, stdout=log, stderr=log, start_new_session=True))
         _wait_connectable("127.0.0.1", gcs_port, procs[0], deadline)
         procs.append(subprocess.Popen(second, env=env, stdout=log, stderr=log, start_new_session=True))
+        _wait_node_processes(procs[1], deadline)
         yield f"127.0.0.1:{gcs_port}"
     finally:
         _kill_cluster(procs, temp_dir)
         log.close()
         if os.environ.get("KEEP_RAY_LOGS") is None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_node_processes(proc: subprocess.Popen, deadline: float) -> None:
+    """Until `ray start` has started the node's own processes (its raylet, and no new
+    one for a second): they exist before the test starts, as the cluster's, and are
+    not counted as the test's leftovers."""
+    import psutil
+
+    seen: set[int] = set()
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            now = {k.pid for k in kids}
+            has_raylet = any("raylet" in " ".join(k.cmdline()) for k in kids)
+        except psutil.Error:
+            now, has_raylet = set(), False
+        if now != seen:
+            seen, steady_since = now, time.monotonic()
+        elif has_raylet and time.monotonic() - steady_since >= 1.0:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the second Ray node did not start its raylet")
 
 
 def _join_cluster(gcs: str) -> str:
