@@ -195,6 +195,7 @@ def get(fed_objects: Any, timeout: Optional[float] = None) -> Any:
     try:
         values = _get_within(ctx, items, refs, timeout)
     except ray.exceptions.RayTaskError as exc:
+        ctx.transport.refresh_failure()
         raise _task_failure(items, refs, exc) from _chained(exc)
     failure = ctx.transport.job_failure()
     if failure is not None:  # decided: every later fed.get says the same, value or not

@@ -119,9 +119,14 @@ class Transport(abc.ABC):
         fail as that barrier would."""
 
     def job_failure(self) -> Optional[FedError]:
-        """The error this party decided its job failed with, or None: once decided,
-        every later fed.get raises it, even for values that had already arrived."""
+        """The error this party decided its job failed with, as known without a call
+        (None if not decided, or not learnt yet): every later fed.get raises it, even
+        for values that had already arrived."""
         return None
+
+    def refresh_failure(self) -> Optional[FedError]:
+        """Learn the decision now (a fed.get that failed asks: its error may be it)."""
+        return self.job_failure()
 
     def stats(self) -> dict[str, Any]:
         """Counters a user can read: values and bytes per peer, retries, refusals."""

@@ -117,6 +117,8 @@ class TcpTransport(Transport):
         self._on_send_failed = on_send_failed
         self._codecs = codecs
         self._receiver = None
+        #: The job's failure once this party decided it (fed.get raises it from then on).
+        self._failure: Optional[FedError] = None
         self._sender = None
         self._pending: list = []
         self._start_error: Optional[BaseException] = None
@@ -199,7 +201,10 @@ class TcpTransport(Transport):
         """The sender's view of this party: it reaches our receiver only through these."""
 
         async def local_status(issued: dict) -> dict:
-            return await self._receiver.heartbeat_status.remote(issued)
+            status = await self._receiver.heartbeat_status.remote(issued)
+            if self._failure is None:  # a decision the driver has not seen an error of
+                self._failure = await self._receiver.job_failure.remote()
+            return status
 
         async def peer_lost(peer: str, detail: str) -> None:
             await self._receiver.peer_lost.remote(peer, detail)
@@ -353,9 +358,15 @@ class TcpTransport(Transport):
         self._sender = self._receiver = None
 
     def job_failure(self) -> Optional[FedError]:
-        if self._receiver is None:
-            return None
-        return ray.get(self._receiver.job_failure.remote())
+        return self._failure
+
+    def refresh_failure(self) -> Optional[FedError]:
+        if self._receiver is not None and self._failure is None:
+            try:
+                self._failure = ray.get(self._receiver.job_failure.remote(), timeout=10)
+            except Exception:  # noqa: BLE001  (a gone receiver: the caller's error stands)
+                pass
+        return self._failure
 
     def stats(self) -> dict[str, Any]:
         if self._sender is None:
