@@ -1,0 +1,1 @@
+"""What runs a party task: the interface (``base``) and its implementations."""
