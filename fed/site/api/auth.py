@@ -21,7 +21,7 @@ from fastapi import HTTPException, Request
 
 from fed.certnames import read_names
 from fed.names import PARTY_URI_PREFIX
-from fed.site.board.sessions import COOKIE, STATE_KEY
+from fed.site.board.sessions import STATE_KEY
 from fed.site.core.db import Database
 from fed.site.core.tokens import Role, authenticate
 
@@ -62,7 +62,7 @@ def _admit(name: str, role: Role, needed: Role) -> str:
 def _board_session(db: Database, request: Request) -> tuple[str, Role] | None:
     """The token name and role of a valid board session cookie on this request, if any."""
     signer = getattr(request.app.state, STATE_KEY, None)
-    cookie = request.cookies.get(COOKIE)
+    cookie = request.cookies.get(signer.cookie) if signer is not None else None
     if signer is None or not cookie:
         return None
     with db.session() as s:

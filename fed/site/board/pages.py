@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fed.site.board import queries
 from fed.site.board.dag import layout
-from fed.site.board.sessions import COOKIE, SESSION_TTL_S
+from fed.site.board.sessions import SESSION_TTL_S
 from fed.site.board.web import SECURITY_HEADERS, Board
 from fed.site.core import components
 from fed.site.core.states import ApprovalState, JobState
@@ -114,7 +114,7 @@ def _login_routes(r: APIRouter, board: Board) -> None:
             return board.page(request, "login.html", None, status=401,
                               error="Unknown or revoked token. Ask an admin for one: fed site token create DIR --role viewer")
         response = _redirect(f"{PREFIX}/")
-        response.set_cookie(COOKIE, board.signer.issue(token_id), max_age=SESSION_TTL_S, path="/",
+        response.set_cookie(board.signer.cookie, board.signer.issue(token_id), max_age=SESSION_TTL_S, path="/",
                             secure=True, httponly=True, samesite="strict")
         return response
 
@@ -122,7 +122,7 @@ def _login_routes(r: APIRouter, board: Board) -> None:
     async def logout(request: Request) -> Response:
         await board.form(request)
         response = _redirect(f"{PREFIX}/login")
-        response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        response.delete_cookie(board.signer.cookie, path="/", secure=True, httponly=True, samesite="strict")
         return response
 
 

@@ -13,7 +13,7 @@ from fed.site.service import SiteService
 
 def install_board(app: FastAPI, service: SiteService) -> None:
     """Add the board's routes; a page without a session sends the browser to the login."""
-    signer = SessionSigner()
+    signer = SessionSigner(service.party)
     setattr(app.state, STATE_KEY, signer)
     board = Board(service.db, service.party, signer)
     app.include_router(page_router(service, board))

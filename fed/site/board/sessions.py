@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from fed.site.core.models import Token
 from fed.site.core.tokens import Role
 
+#: The cookie's name is this plus the party: sites of one host share its cookies
+#: (cookies ignore ports), so each site keeps its own.
 COOKIE = "rayfed_board"
 #: Where the application keeps its signer (``app.state``): the client API reads board
 #: sessions through it, for GET requests only (api/auth.py).
@@ -46,7 +48,8 @@ class BoardUser:
 class SessionSigner:
     """Issues and checks board session cookies and their CSRF values (one per site process)."""
 
-    def __init__(self, key: bytes | None = None, ttl_s: int = SESSION_TTL_S) -> None:
+    def __init__(self, party: str, key: bytes | None = None, ttl_s: int = SESSION_TTL_S) -> None:
+        self.cookie = f"{COOKIE}_{party.replace('-', '_')}"
         self._key = key or secrets.token_bytes(32)
         self._ttl_s = ttl_s
 

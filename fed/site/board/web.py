@@ -15,7 +15,7 @@ import jinja2
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from fed.site.board.sessions import COOKIE, BoardUser, SessionSigner
+from fed.site.board.sessions import BoardUser, SessionSigner
 from fed.site.core.db import Database
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +27,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make form posts say Origin: null
 }
 
 
@@ -53,7 +53,7 @@ class Board:
 
     def user(self, request: Request) -> BoardUser | None:
         with self.db.session() as s:
-            return self.signer.user(s, request.cookies.get(COOKIE))
+            return self.signer.user(s, request.cookies.get(self.signer.cookie))
 
     def require(self, request: Request) -> BoardUser:
         user = self.user(request)
@@ -63,7 +63,7 @@ class Board:
 
     def page(self, request: Request, name: str, user: BoardUser | None, status: int = 200,
              **values: Any) -> HTMLResponse:
-        cookie = request.cookies.get(COOKIE)
+        cookie = request.cookies.get(self.signer.cookie)
         csrf = self.signer.csrf(cookie) if cookie and user else ""
         html = self.env.get_template(name).render(party=self.party, user=user, csrf=csrf, **values)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
@@ -77,7 +77,7 @@ class Board:
         if len(body) > MAX_FORM_BYTES:
             raise HTTPException(413, "form too large")
         fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        if not login and not self.signer.csrf_ok(request.cookies.get(COOKIE), fields.get("csrf")):
+        if not login and not self.signer.csrf_ok(request.cookies.get(self.signer.cookie), fields.get("csrf")):
             raise HTTPException(403, "missing or stale form token (CSRF): reload the page and try again")
         return fields
 
