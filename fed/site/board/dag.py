@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 NODE_W, NODE_H = 168, 46
 GAP_X, GAP_Y, MARGIN = 64, 22, 12
+ARC = 34  # how far above its row an edge skipping columns arcs, clear of the boxes between
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,28 @@ def depths(deps: Mapping[str, list[str]]) -> dict[str, int]:
 def layout(deps: Mapping[str, list[str]]) -> Graph:
     """Place the tasks in columns (spec order within a column) and route every edge."""
     column = depths(deps)
+    skips = any(column[t] - column[d] > 1 for t in deps for d in deps[t] if d in column)
+    top = MARGIN + (ARC if skips else 0)
     rows: dict[int, int] = {}
     nodes: dict[str, Node] = {}
     for task in deps:
         row = rows.get(column[task], 0)
         rows[column[task]] = row + 1
-        nodes[task] = Node(task, MARGIN + column[task] * (NODE_W + GAP_X), MARGIN + row * (NODE_H + GAP_Y))
-    edges = [_edge(nodes[d], nodes[t]) for t in deps for d in deps[t] if d in nodes]
+        nodes[task] = Node(task, MARGIN + column[task] * (NODE_W + GAP_X), top + row * (NODE_H + GAP_Y))
+    edges = [_edge(nodes[d], nodes[t], column[t] - column[d]) for t in deps for d in deps[t] if d in nodes]
     width = MARGIN * 2 + (max(column.values(), default=0) + 1) * (NODE_W + GAP_X) - GAP_X
-    height = MARGIN * 2 + max(rows.values(), default=1) * (NODE_H + GAP_Y) - GAP_Y
+    height = top + MARGIN + max(rows.values(), default=1) * (NODE_H + GAP_Y) - GAP_Y
     return Graph(list(nodes.values()), edges, width, height)
 
 
-def _edge(src: Node, dst: Node) -> str:
+def _edge(src: Node, dst: Node, span: int) -> str:
+    """Next column: a curve from the right side to the left side. Further: an arc from
+    the top of one box to the top of the other, above the boxes between."""
+    if span > 1:
+        x1, x2 = src.x + NODE_W * 3 // 4, dst.x + NODE_W // 4
+        y1, y2 = src.y, dst.y - 5
+        lift = min(y1, y2) - ARC
+        return f"M{x1},{y1} C{x1},{lift} {x2},{lift} {x2},{y2}"
     x1, y1 = src.x + NODE_W, src.y + NODE_H // 2
     x2, y2 = dst.x, dst.y + NODE_H // 2
     mid = (x1 + x2) // 2

@@ -52,6 +52,8 @@ def page_router(service: SiteService, board: Board) -> APIRouter:
         detail = service.status(job_id)
         with service.db.session() as s:
             graph = layout(queries.task_deps(s, job_id))
+        order = {n.name: i for i, n in enumerate(sorted(graph.nodes, key=lambda n: (n.x, n.y)))}
+        detail["tasks"].sort(key=lambda t: order.get(t["name"], len(order)))  # the DAG's order
         parties = [p["party"] for p in detail["parties"] if p["holds_data"]]
         mine = [t["name"] for t in detail["tasks"] if any(p["party"] == service.party for p in t["parties"])]
         return board.page(request, "job.html", user, job=detail, graph=graph, grid_parties=parties,

@@ -57,7 +57,7 @@
     const list = problems(job);
     document.getElementById("problems").hidden = list.length === 0;
     document.getElementById("problem-list").replaceChildren(...list.map(s => text("li", s)));
-    document.querySelector("#timeline tbody").replaceChildren(...job.history.map(h => {
+    document.querySelector("#timeline tbody").replaceChildren(...job.history.slice().reverse().map(h => {
       const tr = document.createElement("tr");
       const what = h.entity.replace(/_/g, " ") + (h.task ? " " + h.task : "") + (h.party ? " @ " + h.party : "");
       const change = document.createElement("td");
