@@ -24,8 +24,8 @@ import pytest
 pytest.importorskip("fastapi", reason='the site extra is not installed (pip install -e ".[site]")')
 
 import httpx
-from sitekit import REPO, SiteProcess
-from test_site_e2e import PARTIES, Federation, _make_sites
+from sitekit import REPO
+from test_site_e2e import PARTIES, Federation, fed3  # noqa: F401 - fed3 is the sites' fixture
 
 from fed.site.client import SiteRequestError
 from fed.site.config import load_site
@@ -33,6 +33,9 @@ from fed.site.core import store
 from fed.site.core.db import Database
 from fed.site.core.models import PartyTask, Task
 from fed.site.core.states import Entity
+
+# fed3 runs on SQLite and on PostgreSQL; the board needs one: SQLite.
+pytestmark = pytest.mark.parametrize("fed3", ["sqlite"], indirect=True, scope="module")
 
 REQUIRE_ENV = "RAYFED_REQUIRE_BROWSER"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -72,24 +75,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory):
-    """Three running sites with SQLite databases; stopped at the end of the module."""
-    from fed.cli.ports import PortLease
-
-    root = tmp_path_factory.mktemp("board-sites")
-    with PortLease() as lease:
-        ports = lease.reserve(3)
-        tokens = _make_sites(root, ports, dict.fromkeys(PARTIES))
-        fed = Federation(root, {p: f"https://127.0.0.1:{port}" for p, port in zip(PARTIES, ports)}, tokens)
-        lease.release()
-        procs = [SiteProcess(root / p, fed.urls[p]) for p in PARTIES]
-        try:
-            for proc in procs:
-                proc.wait_ready(fed.ca)
-            yield fed
-        finally:
-            for proc in procs:
-                proc.stop()
+def sites(fed3):  # noqa: F811 - the fixture imported above
+    """Three running sites (test_site_e2e.py's), with SQLite databases: the tests change
+    task states in a site's database file, as the scheduler will."""
+    return fed3
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -37,7 +37,8 @@
 
   function problems(job) {
     const out = [];
-    if (BAD.includes(job.state) && job.reason) out.push(`job ${job.state}: ${job.reason}`);
+    // a rejected job names the rejecting party: its line below says the same
+    if (BAD.includes(job.state) && job.state !== "rejected" && job.reason) out.push(`job ${job.state}: ${job.reason}`);
     job.parties.filter(p => p.approval === "rejected").forEach(p => out.push(`${p.party} rejected: ${p.reason}`));
     job.tasks.forEach(t => t.parties.forEach(p => {
       if (["failed", "timeout"].includes(p.state)) out.push(`${t.name} @ ${p.party} ${p.state}: ${p.reason}`);
