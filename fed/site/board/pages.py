@@ -5,6 +5,7 @@ import datetime
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from fed.site.board import queries
 from fed.site.board.dag import layout
@@ -34,7 +35,20 @@ def page_router(service: SiteService, board: Board) -> APIRouter:
     """Routes of the pages, bound to one site's service."""
     r = APIRouter(prefix=PREFIX, include_in_schema=False)
     _login_routes(r, board)
+    _job_routes(r, service, board)
+    _approval_routes(r, service, board)
 
+    @r.get("/components", response_class=HTMLResponse)
+    def component_list(request: Request) -> Response:
+        user = board.require(request)
+        with service.db.session() as s:
+            rows = components.list_components(s)
+        return board.page(request, "components.html", user, components=rows, nav="components")
+
+    return r
+
+
+def _job_routes(r: APIRouter, service: SiteService, board: Board) -> None:
     @r.get("/", response_class=HTMLResponse)
     def jobs(request: Request, state: str = "", initiator: str = "", since: str = "",
              until: str = "") -> Response:
@@ -59,13 +73,15 @@ def page_router(service: SiteService, board: Board) -> APIRouter:
         return board.page(request, "job.html", user, job=detail, graph=graph, grid_parties=parties,
                           my_tasks=mine, nav="jobs")
 
+
+def _approval_routes(r: APIRouter, service: SiteService, board: Board) -> None:
     @r.get("/approvals", response_class=HTMLResponse)
     def approvals(request: Request) -> Response:
         return _approvals_page(request, board, service)
 
     @r.post("/jobs/{job_id}/decide")
     async def decide(request: Request, job_id: str) -> Response:
-        user = board.require(request)
+        user = await run_in_threadpool(board.require, request)
         fields = await board.form(request)
         if not user.can(Role.ADMIN):
             raise HTTPException(403, f"token {user.name!r} has role {user.role.value!r}; deciding needs 'admin'")
@@ -73,20 +89,11 @@ def page_router(service: SiteService, board: Board) -> APIRouter:
         if verdict not in ("approve", "reject"):
             raise HTTPException(422, "decision must be 'approve' or 'reject'")
         reason = fields.get("reason", "").strip()[:2000] or f"{verdict}d on the board"
-        try:
-            service.decide(job_id, verdict == "approve", reason, user.actor)
+        try:  # the decision goes to every other party's site: off the event loop
+            await run_in_threadpool(service.decide, job_id, verdict == "approve", reason, user.actor)
         except SiteError as exc:
-            return _approvals_page(request, board, service, error=str(exc), status=409)
+            return await run_in_threadpool(_approvals_page, request, board, service, str(exc), 409)
         return _redirect(f"{PREFIX}/jobs/{job_id}")
-
-    @r.get("/components", response_class=HTMLResponse)
-    def component_list(request: Request) -> Response:
-        user = board.require(request)
-        with service.db.session() as s:
-            rows = components.list_components(s)
-        return board.page(request, "components.html", user, components=rows, nav="components")
-
-    return r
 
 
 def _approvals_page(request: Request, board: Board, service: SiteService, error: str = "",
@@ -101,6 +108,12 @@ def _approvals_page(request: Request, board: Board, service: SiteService, error:
                       can_decide=user.can(Role.ADMIN), nav="approvals")
 
 
+def _token_id(board: Board, token: str) -> str | None:
+    with board.db.session() as s:
+        record = authenticate(s, token)
+        return record.id if record else None
+
+
 def _login_routes(r: APIRouter, board: Board) -> None:
     @r.get("/login", response_class=HTMLResponse)
     def login_page(request: Request) -> Response:
@@ -109,9 +122,7 @@ def _login_routes(r: APIRouter, board: Board) -> None:
     @r.post("/login")
     async def login(request: Request) -> Response:
         fields = await board.form(request, login=True)
-        with board.db.session() as s:
-            record = authenticate(s, fields.get("token", "").strip())
-            token_id = record.id if record else None
+        token_id = await run_in_threadpool(_token_id, board, fields.get("token", "").strip())
         if token_id is None:
             return board.page(request, "login.html", None, status=401,
                               error="Unknown or revoked token. Ask an admin for one: fed site token create DIR --role viewer")
