@@ -109,9 +109,9 @@ class SiteService:
         with self.db.session() as s:
             return views.list_jobs(s, state, limit)
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            return views.pending_for(s, self.party)
+            return views.pending_for(s, self.party, limit)
 
     # ---- interconnect API (caller = the peer's party, from its certificate) -------------------
     def receive_proposal(self, caller: str, job_id: str, data: Any) -> dict[str, Any]:
