@@ -19,8 +19,8 @@ TLS_FILES = {"cert": "tls.crt", "key": "tls.key", "ca_cert": "ca.crt"}
 #: The label every object of one party carries (the NetworkPolicy selects on it).
 PARTY_LABEL = "rayfed.io/party"
 PART_OF = {"app.kubernetes.io/part-of": "rayfed"}
-#: The RayJob label carrying the (unshortened) submission id's hash, for lookups by people.
-SUBMISSION_LABEL = "rayfed.io/submission"
+#: The label of a RayJob naming its rayfed job (``kubectl get rayjobs -l rayfed.io/job=ID``).
+JOB_LABEL = "rayfed.io/job"
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
