@@ -18,8 +18,8 @@ def _render(args: argparse.Namespace) -> int:
     from fed.site.config import load_federation
 
     try:
-        plan = make_plan(args.party, load_federation(Path(args.federation)),
-                         load_values(Path(args.values) if args.values else None))
+        values = load_values(Path(args.values) if args.values else None)
+        plan = make_plan(args.party, load_federation(Path(args.federation)), values, args.values or "values")
         docs = render(plan)
         validate_all(docs)  # nothing is written unless every document is valid
     except FedConfigError as exc:

@@ -133,10 +133,11 @@ def _site_port(fed: Federation, party: str, values: Values) -> tuple[list, int]:
     return _node_port_problems("site.service.type", values.site.service, (port,)), port
 
 
-def make_plan(party: str, fed: Federation, values: Values) -> Plan:
-    """Check everything; raise one DeployError listing every problem."""
+def make_plan(party: str, fed: Federation, values: Values, source: str = "values") -> Plan:
+    """Check everything; raise one DeployError (naming ``source``) listing every problem."""
     if party not in fed.parties:
-        raise DeployError([("party", f"{party!r} is not in the federation (parties: {', '.join(fed.parties)})")])
+        raise DeployError([("party", f"{party!r} is not in the federation (parties: {', '.join(fed.parties)})")],
+                          source)
     problems, ports, host = _channel_problems(fed, party, values)
     peer_problems, peers = _peer_problems(fed, party, values)
     tls_problems, tls_files = _tls_problems(values, party)
@@ -151,7 +152,7 @@ def make_plan(party: str, fed: Federation, values: Values) -> Plan:
     if dns_label(namespace) != namespace:
         problems.append(("namespace", f"{namespace!r} is not a DNS-1123 label"))
     if problems:
-        raise DeployError(problems)
+        raise DeployError(problems, source)
     name = base_name(party)
     return Plan(party=party, namespace=namespace, name=name, values=values, federation=fed,
                 site_url=fed.parties[party].site.rstrip("/"), site_port=site_port, channel_host=host,
