@@ -7,6 +7,7 @@ RayJob's status) and the Ray dashboard. Only that HTTP boundary is replaced.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -20,6 +21,7 @@ from fed.site.errors import SiteConfigError
 from fed.site.runner.base import ENTRY_COMMAND, LAUNCH_ENV, RunState, TaskLaunch
 from fed.site.runner.kubeapi import KubeApi, KubernetesApiError
 from fed.site.runner.kubernetes import RayJobRunner, rayjob_manifest
+from fed.site.taskcontext import TaskContext
 from tests.kubestandin import KubeStandIn
 
 NS = "rayfed-alice"
@@ -154,7 +156,9 @@ def test_the_rayjob_is_valid_and_carries_the_launch():
     assert spec["jobId"] == run.submission_id and spec["entrypoint"] == ENTRY_COMMAND
     assert spec["activeDeadlineSeconds"] == 91
     env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
-    assert TaskLaunch.from_json(env[LAUNCH_ENV]) == run
+    carried = TaskLaunch.from_json(env[LAUNCH_ENV])
+    assert carried == dataclasses.replace(run, listen_all_interfaces=True)
+    assert TaskContext(carried).fed_init_kwargs()["config"] == {"cross_silo_comm": {"listen_all_interfaces": True}}
     assert json.loads(env[LAUNCH_ENV])["entrypoint"] == "mypkg.stats:run"
 
 

@@ -11,6 +11,7 @@ dashboard of the cluster (``status.dashboardURL``), as KubeRay itself does.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -37,6 +38,9 @@ def rayjob_manifest(launch: TaskLaunch, namespace: str, ray_cluster: str) -> dic
     import yaml
 
     sid = launch.submission_id
+    # The channel binds every interface of the head pod: peers reach it through the
+    # channel Service, whose address is not the pod's.
+    launch = dataclasses.replace(launch, listen_all_interfaces=True)
     labels = {**PART_OF, PARTY_LABEL: dns_label(launch.party), "app.kubernetes.io/component": "task",
               JOB_LABEL: dns_label(launch.job_id)}
     runtime_env = yaml.safe_dump({"env_vars": {LAUNCH_ENV: launch.to_json()}}, sort_keys=True)
