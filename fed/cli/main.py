@@ -42,6 +42,7 @@ examples:
   fed audit alice-egress.jsonl --summary
   fed site init ./alice-site --party alice --federation federation.yaml --certs ./certs
   fed job submit job.yaml --site ./alice-site
+  fed deploy render --party alice --federation federation.yaml --values values.yaml -o out/alice
 
 Run `fed COMMAND --help` for the options of a command.
 """
