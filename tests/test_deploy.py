@@ -135,7 +135,7 @@ def _mutations():
         d["spec"]["template"]["spec"]["containers"][0]["commands"] = ["x"]
 
     def bad_policy(d):
-        d["spec"]["ingress"][1]["from"][0]["ipBlock"] = {"cidrs": ["10.0.0.0/8"]}
+        d["spec"]["ingress"][2]["from"][0]["ipBlock"] = {"cidrs": ["10.0.0.0/8"]}
 
     return {"RayCluster": unknown_raycluster_field, "Service": wrong_type, "Deployment": unknown_deployment_field,
             "NetworkPolicy": bad_policy}
@@ -201,8 +201,11 @@ def test_network_policy_admits_only_peers_to_channel_and_site(tmp_path):
     code, out = render(tmp_path, "alice", {"tls": {"secret": "s"}}, federation(tmp_path))
     assert code == 0
     (policy,) = by_kind(documents(out), "NetworkPolicy")
-    own, peers = policy["spec"]["ingress"]
+    own, operator, peers = policy["spec"]["ingress"]
     assert own == {"from": [{"podSelector": {}}]}  # the party's own pods (same namespace)
+    assert operator["ports"] == [{"protocol": "TCP", "port": 8265}]  # KubeRay polls the dashboard
+    assert operator["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                                       "kuberay-system"}}}]
     assert peers["from"] == [{"ipBlock": {"cidr": CIDRS["bob"]}}]
     assert peers["ports"] == [{"protocol": "TCP", "port": 9401, "endPort": 9404}, {"protocol": "TCP", "port": 8443}]
 

@@ -149,8 +149,9 @@ def make_plan(party: str, fed: Federation, values: Values, source: str = "values
     if workers.min_replicas > workers.max_replicas:
         problems.append(("ray.workers", f"min_replicas {workers.min_replicas} > max_replicas {workers.max_replicas}"))
     namespace = values.namespace or dns_label(f"rayfed-{party}")
-    if dns_label(namespace) != namespace:
-        problems.append(("namespace", f"{namespace!r} is not a DNS-1123 label"))
+    for field, value in (("namespace", namespace), ("kuberay_namespace", values.kuberay_namespace)):
+        if dns_label(value) != value:
+            problems.append((field, f"{value!r} is not a DNS-1123 label"))
     if problems:
         raise DeployError(problems, source)
     name = base_name(party)

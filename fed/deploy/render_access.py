@@ -7,19 +7,24 @@ from typing import Any
 
 from fed.deploy.names import PART_OF, PARTY_LABEL, dns_label
 from fed.deploy.plan import Plan
-from fed.deploy.render_ray import meta
+from fed.deploy.render_ray import DASHBOARD_PORT, meta
 
 
 def network_policy(plan: Plan) -> dict[str, Any]:
-    """Ingress to every pod of the party: from its own namespace, or from a peer's CIDR to
-    the channel ports (one range) and the site port; people's CIDRs to the site port."""
+    """Ingress to every pod of the party: from its own namespace; from the KubeRay
+    operator to the Ray dashboard (RayJob status); from a peer's CIDR to the channel
+    ports (one range) and the site port; from people's CIDRs to the site port."""
     peer_blocks = [{"ipBlock": {"cidr": c}} for p in plan.peers for c in p.cidrs]
     lo, hi = plan.channel_ports[0], plan.channel_ports[-1]
     channel_port: dict[str, Any] = {"protocol": "TCP", "port": lo}
     if hi > lo:
         channel_port["endPort"] = hi
     site_port = {"protocol": "TCP", "port": plan.values.site.container_port}
-    rules: list[dict[str, Any]] = [{"from": [{"podSelector": {}}]}]
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": plan.values.kuberay_namespace}}}
+    rules: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {}}]},
+        {"from": [operator], "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+    ]
     if peer_blocks:
         rules.append({"from": peer_blocks, "ports": [channel_port, site_port]})
     clients = [{"ipBlock": {"cidr": c}} for c in plan.values.site.client_cidrs]

@@ -9,7 +9,8 @@ from fed.deploy.plan import Plan
 from fed.deploy.values import Resources, ServiceValues
 
 #: Ray's own head ports (GCS, dashboard, client), as in KubeRay's samples.
-HEAD_PORTS = (("gcs", 6379), ("dashboard", 8265), ("client", 10001))
+DASHBOARD_PORT = 8265
+HEAD_PORTS = (("gcs", 6379), ("dashboard", DASHBOARD_PORT), ("client", 10001))
 
 
 def meta(plan: Plan, name: str, component: str, **extra: Any) -> dict[str, Any]:

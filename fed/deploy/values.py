@@ -117,6 +117,8 @@ class PeerValues(BaseModel):
 class Values(BaseModel):
     model_config = _MODEL
     namespace: str | None = None
+    #: Where the KubeRay operator runs: it polls the head's dashboard for RayJob status.
+    kuberay_namespace: str = "kuberay-system"
     image: str = Field(default_factory=lambda: f"rayfed:{rayfed_version()}-ray{ray_version()}")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     ray: RayValues = RayValues()
