@@ -162,6 +162,17 @@ def test_the_rayjob_is_valid_and_carries_the_launch():
     assert json.loads(env[LAUNCH_ENV])["entrypoint"] == "mypkg.stats:run"
 
 
+def test_the_rayjob_passes_kuberays_own_rules_for_cluster_selector_mode():
+    """What KubeRay v1.7.0's ValidateRayJobSpec checks beyond the schema."""
+    spec = rayjob_manifest(launch(timeout_s=0.2), NS, CLUSTER)["spec"]
+    assert spec["clusterSelector"]["ray.io/cluster"]
+    assert not spec.get("suspend") and not spec.get("backoffLimit") and "rayClusterSpec" not in spec
+    assert spec["submissionMode"] != "SidecarMode"
+    assert spec["activeDeadlineSeconds"] >= 1
+    assert spec.get("ttlSecondsAfterFinished", 0) == 0 or spec["shutdownAfterJobFinishes"]
+    assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
+
+
 def test_an_invalid_rayjob_is_refused_by_the_schema():
     doc = rayjob_manifest(launch(), NS, CLUSTER)
     doc["spec"]["activeDeadlineSecond"] = 5
