@@ -259,3 +259,35 @@ def test_schemas_are_strict_and_their_source_is_noted():
     source = (SCHEMA_DIR / "SOURCE.md").read_text()
     assert "v1.7.0" in source and "Apache License 2.0" in source
     assert "Apache License" in (SCHEMA_DIR / "LICENSE").read_text()
+
+
+def _schema_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kuberay_schemas", REPO / "scripts" / "kuberay_schemas.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_schema_script_makes_crd_schemas_strict():
+    """scripts/kuberay_schemas.py on a small CRD: unknown fields refused where the CRD lists
+    properties, kept where Kubernetes preserves them; int-or-string and nullable."""
+    from jsonschema import Draft7Validator
+
+    crd = {"spec": {"group": "ray.io", "names": {"kind": "Thing"}, "versions": [{"name": "v1", "schema": {
+        "openAPIV3Schema": {"type": "object", "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+            "spec": {"type": "object", "properties": {
+                "port": {"x-kubernetes-int-or-string": True},
+                "when": {"type": "string", "nullable": True},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                         "properties": {"a": {"type": "string"}}}}}}}}}]}}
+    check = Draft7Validator(_schema_script().schema_of(crd, "v1"))
+    good = {"apiVersion": "ray.io/v1", "kind": "Thing", "metadata": {"name": "x"},
+            "spec": {"port": "http", "when": None, "free": {"anything": 1}}}
+    assert not list(check.iter_errors(good))
+    assert not list(check.iter_errors({**good, "spec": {"port": 8080}}))
+    assert list(check.iter_errors({**good, "spec": {"prot": 1}}))  # unknown field
+    assert list(check.iter_errors({**good, "apiVersion": "ray.io/v2"}))
+    assert list(check.iter_errors({**good, "spec": {"port": 1.5}}))
