@@ -7,7 +7,7 @@ error names the file and the field, e.g. ``site.yaml: tls.cert: no such file``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -64,6 +64,36 @@ class TlsFiles(BaseModel):
     ca_cert: str
 
 
+#: Where a pod finds its Kubernetes service account (token, CA bundle, namespace).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class KubernetesRunnerConfig(BaseModel):
+    """How a site inside Kubernetes runs tasks: as RayJobs on the party's RayCluster,
+    through the API server with the pod's service account (fed/site/runner/kubernetes.py)."""
+
+    model_config = _MODEL
+    ray_cluster: str
+    #: Default: the service account's namespace (``namespace_file``).
+    namespace: str | None = None
+    #: Default: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``.
+    api_url: str | None = None
+    token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
+    ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
+    namespace_file: str = f"{SERVICE_ACCOUNT_DIR}/namespace"
+
+
+class RunnerConfig(BaseModel):
+    """What runs this party's tasks: the party's Ray cluster through Ray's Job Submission
+    API (``local``) or RayJobs in Kubernetes (``kubernetes``, with its subsection)."""
+
+    model_config = _MODEL
+    kind: Literal["local", "kubernetes"] = "local"
+    ray_address: str | None = None
+    workdir: str | None = None
+    kubernetes: KubernetesRunnerConfig | None = None
+
+
 class SiteConfig(BaseModel):
     model_config = _MODEL
     party: str
@@ -73,14 +103,15 @@ class SiteConfig(BaseModel):
     tls: TlsFiles
     federation: Federation
     approval: ApprovalPolicy = ApprovalPolicy()
+    runner: RunnerConfig = RunnerConfig()
 
     def site_of(self, party: str) -> str | None:
         entry = self.federation.parties.get(party)
         return normal_url(entry.site) if entry else None
 
 
-_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy)
-           for f in m.model_fields}
+_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
+                       RunnerConfig, KubernetesRunnerConfig) for f in m.model_fields}
 
 
 def _fail(source: str, problems: list[tuple[str, str]]) -> SiteConfigError:
@@ -139,6 +170,8 @@ def load_site(site_dir: Path) -> SiteConfig:
     problems = federation_problems(config.federation) + _tls_problems(config.tls, config.party, "tls")
     if config.party not in config.federation.parties:
         problems.append(("party", f"{config.party!r} is not a party of the federation"))
+    if config.runner.kind == "kubernetes" and config.runner.kubernetes is None:
+        problems.append(("runner.kubernetes", "kind 'kubernetes' needs this subsection (at least `ray_cluster: NAME`)"))
     if problems:
         raise _fail(str(path), problems)
     return config

@@ -109,9 +109,9 @@ class SiteService:
         with self.db.session() as s:
             return views.list_jobs(s, state, limit)
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            return views.pending_for(s, self.party)
+            return views.pending_for(s, self.party, limit)
 
     def task_logs(self, job_id: str, task: str) -> str:
         """This party's log tail of one task (never a partner's). Empty until the runner
