@@ -113,6 +113,11 @@ class SiteService:
         with self.db.session() as s:
             return views.pending_for(s, self.party, limit)
 
+    def task_logs(self, job_id: str, task: str) -> str:
+        """This party's log tail of one task (never a partner's). Empty until the runner
+        that writes task logs is in place; the board shows it as "nothing logged yet"."""
+        return ""
+
     # ---- interconnect API (caller = the peer's party, from its certificate) -------------------
     def receive_proposal(self, caller: str, job_id: str, data: Any) -> dict[str, Any]:
         """Store a job the initiator proposes (idempotent for the same spec)."""
