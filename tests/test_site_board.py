@@ -7,8 +7,9 @@ will: in the site's own database, through the state tables (fed.site.core.store)
 Nothing is downloaded: without chromium these tests skip, and fail when
 RAYFED_REQUIRE_BROWSER=1 (set by .ci/run).
 
-The job page and the metrics chart are saved to docs/img/ by :func:`save_screenshot`,
-so the pictures in docs/sites.md are what the board shows.
+The job page and the metrics chart are saved by :func:`save_screenshot`: to docs/img/
+with RAYFED_WRITE_SCREENSHOTS=1 (how the pictures in docs/sites.md are made, so they are
+what the board shows), else to a temporary directory (a test run leaves the tree clean).
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def login(driver, fed: Federation, party: str, role: str) -> None:
 
 
 def save_screenshot(driver, name: str, element=None) -> Path:
-    """Write docs/img/<name>.png: the whole page (window grown to its height) or one element."""
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    path = DOCS_IMG / f"{name}.png"
+    """Write <name>.png: the whole page (window grown to its height) or one element."""
+    folder = DOCS_IMG if os.environ.get("RAYFED_WRITE_SCREENSHOTS") == "1" else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rayfed-{name}.png" if folder != DOCS_IMG else folder / f"{name}.png"
     if element is not None:
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
         element.screenshot(str(path))
