@@ -7,7 +7,7 @@ error names the file and the field, e.g. ``site.yaml: tls.cert: no such file``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -64,6 +64,29 @@ class TlsFiles(BaseModel):
     ca_cert: str
 
 
+class RunnerConfig(BaseModel):
+    """What runs this party's tasks. ``ray``: jobs on the party's Ray cluster through
+    its dashboard's Job Submission API at ``ray_address``. Task output goes to
+    ``<workdir>/<job_id>/<task>/`` (``workdir`` relative to the site directory)."""
+
+    model_config = _MODEL
+    kind: Literal["ray", "kubernetes"] = "ray"
+    ray_address: str = "http://127.0.0.1:8265"
+    #: The Ray cluster's token file when its token authentication is on (default: where
+    #: Ray keeps it, RAY_AUTH_TOKEN or ~/.ray/auth_token).
+    ray_token_file: str | None = None
+    workdir: str = "runs"
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a Ray dashboard address, or None."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return (f"bad Ray dashboard address {address!r}: write http://HOST:PORT "
+                "(the dashboard of `ray start --head`, port 8265 by default)")
+    return None
+
+
 class SiteConfig(BaseModel):
     model_config = _MODEL
     party: str
@@ -73,13 +96,19 @@ class SiteConfig(BaseModel):
     tls: TlsFiles
     federation: Federation
     approval: ApprovalPolicy = ApprovalPolicy()
+    runner: RunnerConfig = RunnerConfig()
 
     def site_of(self, party: str) -> str | None:
         entry = self.federation.parties.get(party)
         return normal_url(entry.site) if entry else None
 
+    def task_dir(self, site_dir: Path, job_id: str, task: str) -> Path:
+        """Where this party's run of ``task`` writes its output."""
+        return (Path(site_dir) / self.runner.workdir / job_id / task).resolve()
 
-_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy)
+
+_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
+                       RunnerConfig)
            for f in m.model_fields}
 
 
@@ -139,6 +168,9 @@ def load_site(site_dir: Path) -> SiteConfig:
     problems = federation_problems(config.federation) + _tls_problems(config.tls, config.party, "tls")
     if config.party not in config.federation.parties:
         problems.append(("party", f"{config.party!r} is not a party of the federation"))
+    bad = ray_address_problem(config.runner.ray_address)
+    if bad:
+        problems.append(("runner.ray_address", bad))
     if problems:
         raise _fail(str(path), problems)
     return config
@@ -160,7 +192,8 @@ def _tls_problems(tls: TlsFiles, party: str, prefix: str) -> list[tuple[str, str
 
 
 def build_site_config(site_dir: Path, party: str, federation: Federation, tls: TlsFiles,
-                      database: str | None = None, policy: ApprovalPolicy | None = None) -> SiteConfig:
+                      database: str | None = None, policy: ApprovalPolicy | None = None,
+                      runner: RunnerConfig | None = None) -> SiteConfig:
     """The configuration ``fed site init`` writes: listens where the federation says."""
     entry = federation.parties.get(party)
     if entry is None:
@@ -172,8 +205,12 @@ def build_site_config(site_dir: Path, party: str, federation: Federation, tls: T
     url = urlsplit(entry.site)
     listen = Listen(host=url.hostname or "127.0.0.1", port=url.port or 443)
     db = database or f"sqlite:///{Path(site_dir).resolve() / DB_FILE}"
+    runner = runner or RunnerConfig()
+    bad = ray_address_problem(runner.ray_address)
+    if bad:
+        raise _fail("the runner", [("runner.ray_address", bad)])
     return SiteConfig(party=party, url=normal_url(entry.site), listen=listen, database=db, tls=tls,
-                      federation=federation, approval=policy or ApprovalPolicy())
+                      federation=federation, approval=policy or ApprovalPolicy(), runner=runner)
 
 
 def write_site(site_dir: Path, config: SiteConfig, *, force: bool = False) -> Path:
