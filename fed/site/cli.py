@@ -46,7 +46,12 @@ def _tls_files(args: argparse.Namespace) -> Any:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from fed.site.config import RunnerConfig, build_site_config, load_federation, write_site
+    from fed.site.config import (
+        RunnerConfig,
+        build_site_config,
+        load_federation,
+        write_site,
+    )
     from fed.site.core.policy import ApprovalPolicy
 
     federation = load_federation(Path(args.federation))

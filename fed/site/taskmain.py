@@ -109,7 +109,7 @@ def run(environ: Mapping[str, str] = os.environ) -> int:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         joined = _connect_ray(environ)
         component(ctx)
-    except BaseException:  # the component's failure, whatever it is, is the run's failure
+    except BaseException:  # noqa: BLE001 (the component's failure, whatever it is, is the run's)
         traceback.print_exc()
         sys.stderr.flush()
         return EXIT_FAILED

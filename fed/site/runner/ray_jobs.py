@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 from fed.names import JOB_SECRET_ENV
 from fed.site.errors import RunnerError, RunnerUnavailableError
-from fed.site.runner.base import ENTRY_COMMAND, LAUNCH_ENV, RunState, RunStatus, TaskLaunch
+from fed.site.runner.base import (
+    ENTRY_COMMAND,
+    LAUNCH_ENV,
+    RunState,
+    RunStatus,
+    TaskLaunch,
+)
 
 #: Ray's own places for the cluster token, in the order Ray reads them.
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
