@@ -97,6 +97,36 @@ def test_unreachable_cluster_names_address_and_fix():
     assert f"127.0.0.1:{port}" in text and "cannot be reached" in text and "ray start --head" in text
 
 
+# ---------------------------------------------------------------- site.yaml: runner
+
+def test_site_init_writes_the_runner_section(tmp_path):
+    import yaml
+    from sitekit import fed_cli
+
+    from fed.site.config import load_site
+
+    certs = tmp_path / "certs"
+    assert fed_cli("certs", "--parties", "alice", "--out", str(certs)).returncode == 0
+    federation = tmp_path / "federation.yaml"
+    federation.write_text(json.dumps({"parties": {"alice": {"site": "https://127.0.0.1:23001"}}}))
+    init = ("site", "init", str(tmp_path / "alice"), "--party", "alice", "--federation", str(federation),
+            "--certs", str(certs))
+    ok = fed_cli(*init, "--ray-address", "http://127.0.0.1:28265")
+    assert ok.returncode == 0, ok.stderr
+    config = load_site(tmp_path / "alice")
+    assert (config.runner.kind, config.runner.ray_address, config.runner.workdir) == \
+        ("ray", "http://127.0.0.1:28265", "runs")
+    assert config.task_dir(tmp_path / "alice", "j1", "stats") == (tmp_path / "alice" / "runs" / "j1" / "stats").resolve()
+    bad = fed_cli(*init, "--force", "--ray-address", "127.0.0.1:8265")
+    assert bad.returncode == 1 and "runner.ray_address" in bad.stderr and "http://HOST:PORT" in bad.stderr
+    site_file = tmp_path / "alice" / "site.yaml"
+    data = yaml.safe_load(site_file.read_text())
+    data["runner"]["kind"] = "slurm"
+    site_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="runner.kind"):
+        load_site(tmp_path / "alice")
+
+
 # ---------------------------------------------------------------- taskmain
 
 def _taskmain(env_launch: str | None, tmp: Path) -> subprocess.CompletedProcess:
