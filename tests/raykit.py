@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from multiparty import kill_sessions
 
 from fed.cli.ports import PortLease
 
@@ -98,18 +99,21 @@ class RayCluster:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 pass
-        left = self.processes()
-        for proc in left:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(left, timeout=10)
+        # Ray's processes share the session of `ray start`; each job's entrypoint has its own.
+        sessions = {sid for sid in (_session(p.pid) for p in self.processes()) if sid is not None}
         if self.proc is not None:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            sessions.add(self.proc.pid)
+        kill_sessions(sessions, marker=str(self.root), timeout_s=15)
+        if self.proc is not None:
             self.proc.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone meanwhile
+        return None
 
 
 def new_cluster(lease: PortLease, extra_path: tuple[Path, ...] = ()) -> RayCluster:
