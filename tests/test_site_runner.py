@@ -87,6 +87,20 @@ def test_wrong_token_is_a_clear_error(clusters, tmp_path):
     assert cluster.dashboard_url in str(err.value) and "ray_token_file" in str(err.value)
 
 
+def test_runner_from_the_site_config_reads_the_token_file(clusters, tmp_path):
+    from fed.site.config import RunnerConfig
+    from fed.site.errors import RunnerError
+
+    cluster = clusters["alice"]
+    token_file = tmp_path / "ray-token"
+    token_file.write_text(cluster.token + "\n")
+    config = RunnerConfig(ray_address=cluster.dashboard_url, ray_token_file=str(token_file))
+    runner = RayJobsRunner.from_config(config)
+    assert runner.status("rayfed-nothing-t-0").state == RunState.UNKNOWN
+    with pytest.raises(RunnerError, match="does not exist"):
+        RayJobsRunner.from_config(RunnerConfig(ray_token_file=str(tmp_path / "missing")))
+
+
 def test_unreachable_cluster_names_address_and_fix():
     with PortLease() as lease:
         (port,) = lease.reserve(1)  # nobody listens there

@@ -76,6 +76,13 @@ class RayJobsRunner:
         self._token = token if token is not None else find_ray_token()
         self._client: Any = None
 
+    @classmethod
+    def from_config(cls, runner: Any, *, job_secret: str | None = None) -> RayJobsRunner:
+        """The runner a site's ``runner`` section (fed.site.config.RunnerConfig) describes."""
+        if runner.kind != "ray":
+            raise RunnerError(f"runner.kind is {runner.kind!r}: RayJobsRunner runs kind 'ray' only")
+        return cls(runner.ray_address, job_secret=job_secret, token=find_ray_token(runner.ray_token_file))
+
     # ------------------------------------------------------------------ the contract
 
     def submit(self, launch: TaskLaunch) -> None:
