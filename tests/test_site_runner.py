@@ -111,6 +111,19 @@ def test_unreachable_cluster_names_address_and_fix():
     assert f"127.0.0.1:{port}" in text and "cannot be reached" in text and "ray start --head" in text
 
 
+def test_a_dashboard_that_never_answers_is_a_clear_error_not_a_hang():
+    """A server that accepts connections and never answers (a hung dashboard)."""
+    import socket
+
+    with PortLease() as lease, socket.socket() as silent:
+        (port,) = lease.reserve(1)
+        silent.bind(("127.0.0.1", port))
+        silent.listen(8)  # the kernel completes the handshake; nobody reads or answers
+        runner = RayJobsRunner(f"http://127.0.0.1:{port}", token="x", request_timeout_s=1.0)
+        with pytest.raises(RunnerUnavailableError, match="did not answer within 1 s"):
+            runner.status("rayfed-x-t-0")
+
+
 # ---------------------------------------------------------------- site.yaml: runner
 
 def test_site_init_writes_the_runner_section(tmp_path):

@@ -31,6 +31,8 @@ from fed.site.runner.base import (
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 RAY_DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+#: Longest wait for one answer of the dashboard (a submit takes a few seconds on a busy host).
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 #: A failure message from Ray is cut to this many characters in a status's reason.
 MAX_REASON_CHARS = 2000
 
@@ -70,10 +72,14 @@ class RayJobsRunner:
     authentication on (default: found where Ray keeps it, see :func:`find_ray_token`).
     """
 
-    def __init__(self, address: str, *, job_secret: str | None = None, token: str | None = None) -> None:
+    def __init__(self, address: str, *, job_secret: str | None = None, token: str | None = None,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        if request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
         self.address = address.rstrip("/")
         self._job_secret = job_secret
         self._token = token if token is not None else find_ray_token()
+        self._timeout = request_timeout_s
         self._client: Any = None
 
     @classmethod
@@ -103,14 +109,14 @@ class RayJobsRunner:
         info = self._info(submission_id)
         if info is None:
             return RunStatus(RunState.UNKNOWN, f"the Ray cluster at {self.address} has no job {submission_id}")
-        state = _STATES.get(str(getattr(info.status, "value", info.status)), RunState.UNKNOWN)
+        state = _STATES.get(_ray_status(info), RunState.UNKNOWN)
         reason = "" if state in (RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED) else _reason(info)
         started = info.start_time / 1000.0 if info.start_time else None
         return RunStatus(state, reason, started_at=started)
 
     def stop(self, submission_id: str) -> None:
         info = self._info(submission_id)
-        if info is None or str(getattr(info.status, "value", info.status)) not in ("PENDING", "RUNNING"):
+        if info is None or _ray_status(info) not in ("PENDING", "RUNNING"):
             return
         try:
             self._call(lambda c: c.stop_job(submission_id))
@@ -156,18 +162,46 @@ class RayJobsRunner:
             raise RunnerUnavailableError(self.address, f"refused our token ({first})", (
                 "give the cluster's token in runner.ray_token_file, RAY_AUTH_TOKEN or ~/.ray/auth_token")) from None
         except OSError as exc:  # requests' errors and the SDK's ConnectionError
+            import requests
+
             self._client = None
-            raise RunnerUnavailableError(self.address, f"cannot be reached ({type(exc).__name__})", _CHECK) from None
+            what = (f"did not answer within {self._timeout:g} s" if isinstance(exc, requests.exceptions.Timeout)
+                    else f"cannot be reached ({type(exc).__name__})")
+            raise RunnerUnavailableError(self.address, what, _CHECK) from None
         except (RuntimeError, ValueError) as exc:  # Ray's refusals (HTTP 4xx/5xx), bad addresses
             raise RunnerError(f"Ray cluster at {self.address}: {exc}") from None
 
     def _connect(self) -> Any:
         if self._client is None:
-            from ray.job_submission import JobSubmissionClient
-
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-            self._client = JobSubmissionClient(self.address, headers=headers)
+            self._client = _timed_client_class()(self.address, self._timeout, headers=headers)
         return self._client
+
+
+def _timed_client_class() -> type:
+    """Ray's JobSubmissionClient with a timeout on every HTTP request.
+
+    The SDK sets none: a dashboard that accepts a connection and never answers would
+    hang the caller (the site's scheduler) for good. Its one request method forwards
+    extra keyword arguments to ``requests``; this subclass adds ``timeout`` there.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def __init__(self, address: str, timeout_s: float, **kwargs: Any) -> None:
+            self._rayfed_timeout_s = timeout_s  # set first: __init__ already sends requests
+            super().__init__(address, **kwargs)
+
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self._rayfed_timeout_s)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
+def _ray_status(info: Any) -> str:
+    """Ray's status name (``JobStatus`` is a str enum; older SDKs give a plain str)."""
+    return str(getattr(info.status, "value", info.status))
 
 
 def _reason(info: Any) -> str:
