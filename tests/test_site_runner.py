@@ -213,14 +213,15 @@ def test_taskmain_runs_the_component_and_reports_its_failure(tmp_path):
 # ---------------------------------------------------------------- the example components, 3 parties
 
 def _run_task(runners: dict, tmp: Path, job: str, task: str, inputs: dict | None = None,
-              params: dict | None = None) -> dict[str, Path]:
+              params: dict | None = None, tls: dict | None = None) -> dict[str, Path]:
     """One task of the example job in every party, each on its own cluster; its output dirs."""
     with PortLease() as lease:
         addresses = lease.addresses(list(PARTIES))
         launches = {p: TaskLaunch(job_id=job, task=task, attempt=0, party=p, component=task, version="1",
                                   entrypoint=f"examples.jobs.components:{task}", addresses=addresses,
                                   params=params or {}, inputs=(inputs or {}).get(p, {}),
-                                  output_dir=str(tmp / p / job / task)) for p in PARTIES}
+                                  output_dir=str(tmp / p / job / task), tls=(tls or {}).get(p))
+                    for p in PARTIES}
         for p in PARTIES:
             runners[p].submit(launches[p])
         for p in PARTIES:
@@ -249,3 +250,17 @@ def test_example_job_runs_as_three_parties_on_three_clusters(clusters, tmp_path)
         assert [m["step"] for m in accuracy] == [1, 2, 3], p
         assert accuracy[-1]["value"] > 0.8, (p, accuracy)
         assert (out / "model.npz").is_file()
+
+
+def test_example_stats_over_mutual_tls(clusters, tmp_path):
+    """The launch's TLS files reach fed.init: the parties' channels run mutual TLS."""
+    from sitekit import fed_cli
+
+    certs = tmp_path / "certs"
+    assert fed_cli("certs", "--parties", ",".join(PARTIES), "--out", str(certs)).returncode == 0
+    tls = {p: {"cert": str(certs / f"{p}.crt"), "key": str(certs / f"{p}.key"), "ca_cert": str(certs / "ca.crt")}
+           for p in PARTIES}
+    runners = {p: RayJobsRunner(c.dashboard_url, token=c.token) for p, c in clusters.items()}  # no job secret
+    out = _run_task(runners, tmp_path, f"j{uuid.uuid4().hex[:10]}", "stats", tls=tls)
+    counts = {json.loads((d / "stats.json").read_text())["federated"]["count"] for d in out.values()}
+    assert len(counts) == 1

@@ -26,6 +26,7 @@ from examples.fedavg import (
     accuracy,
     init_weights,
     load_all,
+    load_test_split,
     sgd,
     split_rows,
 )
@@ -38,12 +39,6 @@ def _shard(index: int, n_parties: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_all()
     _, shards = split_rows(len(y), n_parties)
     return x[shards[index]], y[shards[index]]
-
-
-def _test_split() -> tuple[np.ndarray, np.ndarray]:
-    x, y = load_all()
-    test_rows, _ = split_rows(len(y))  # the test rows do not depend on the number of parties
-    return x[test_rows], y[test_rows]
 
 
 def _aggregator(ctx: TaskContext, parties: list[str]) -> str:
@@ -124,7 +119,7 @@ def fedavg(ctx: TaskContext) -> None:
     epochs = int(ctx.params.get("local_epochs", LOCAL_EPOCHS))
     if rounds < 1 or epochs < 1:
         raise ValueError(f"params.rounds and params.local_epochs must be at least 1, got {rounds}, {epochs}")
-    x_test, y_test = _test_split()
+    x_test, y_test = load_test_split()  # the same rows in every party, whatever their number
     fed.init(**ctx.fed_init_kwargs())
     try:
         sizes = fed.get([shard_size.party(p).remote(i, len(parties)) for i, p in enumerate(parties)])
