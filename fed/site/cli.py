@@ -46,17 +46,25 @@ def _tls_files(args: argparse.Namespace) -> Any:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from fed.site.config import build_site_config, load_federation, write_site
+    from fed.site.config import (
+        RunnerConfig,
+        build_site_config,
+        load_federation,
+        write_site,
+    )
     from fed.site.core.policy import ApprovalPolicy
 
     federation = load_federation(Path(args.federation))
     policy = ApprovalPolicy(auto_accept_initiators=_split(args.auto_accept_initiators),
                             auto_accept_components=_split(args.auto_accept_components))
-    config = build_site_config(Path(args.dir), args.party, federation, _tls_files(args), args.database, policy)
+    runner = RunnerConfig(ray_address=args.ray_address)
+    config = build_site_config(Path(args.dir), args.party, federation, _tls_files(args), args.database, policy,
+                               runner)
     path = write_site(Path(args.dir), config, force=args.force)
     _database(config)  # create and migrate it now, so errors show here
     print(f"site of party {config.party} written to {path}")
     print(f"  serves {config.url} (listens on {config.listen.host}:{config.listen.port})")
+    print(f"  runs tasks on the Ray cluster at {config.runner.ray_address}")
     print(f"next: fed site token create {args.dir} --role admin; fed site start {args.dir}")
     return 0
 
@@ -168,6 +176,8 @@ def _add_init(sub: Any) -> None:
     p.add_argument("--database", metavar="URL", help="postgresql://USER@HOST:PORT/DB (default: DIR/site.db, SQLite)")
     p.add_argument("--auto-accept-initiators", default="", metavar="A,B", help="accept jobs from these initiators...")
     p.add_argument("--auto-accept-components", default="", metavar="X,Y", help="...when every component is listed here")
+    p.add_argument("--ray-address", default="http://127.0.0.1:8265", metavar="URL",
+                   help="dashboard of this party's Ray cluster, where tasks are submitted (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing site.yaml")
     p.set_defaults(handler=_handler(_init))
 
