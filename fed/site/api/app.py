@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fed.site.api.auth import bearer
 from fed.site.api.client import client_router
 from fed.site.api.interconnect import interconnect_router
+from fed.site.api.metrics import metrics_router
 from fed.site.core.tokens import Role
 from fed.site.errors import (
     AccessDenied,
@@ -48,6 +49,7 @@ def create_app(service: SiteService) -> FastAPI:
     )
     app.include_router(client_router(service))
     app.include_router(interconnect_router(service))
+    app.include_router(metrics_router(service))
     app.add_exception_handler(SiteError, _error_response)
 
     @app.get("/v1/openapi.json", tags=["client"], summary="This API's OpenAPI document")
