@@ -91,3 +91,35 @@ def test_partners_get_only_shared_series_and_strangers_nothing(fed3, job_with_me
     with httpx.Client(verify=ssl.create_default_context(cafile=fed3.ca)) as raw:
         assert raw.get(fed3.urls["bob"] + path).status_code == 401
         assert raw.get(fed3.urls["bob"] + f"/v1/jobs/{job_with_metrics}/metrics").status_code == 401
+
+
+def samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_site_metrics_need_a_token_and_count_jobs_tasks_approvals_and_requests(fed3, job_with_metrics):  # noqa: F811
+    with fed3.client("alice", "submitter") as alice:
+        held = alice.submit(fed3.spec("fedavg"))["id"]  # carol's policy holds fedavg for a person
+    with httpx.Client(verify=ssl.create_default_context(cafile=fed3.ca)) as raw:
+        assert raw.get(fed3.urls["carol"] + "/metrics").status_code == 401
+        viewer = {"Authorization": f"Bearer {fed3.tokens[('carol', 'viewer')]}"}
+        raw.get(fed3.urls["carol"] + f"/v1/jobs/{job_with_metrics}/metrics", headers=viewer)
+        raw.get(fed3.urls["carol"] + "/v1/no-such-route", headers=viewer)
+        resp = raw.get(fed3.urls["carol"] + "/metrics", headers=viewer)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    got = samples(resp.text)
+    with fed3.client("carol", "viewer") as carol:
+        view = carol.jobs()
+        assert held in [j["id"] for j in carol.pending()]
+    by_state: dict[str, int] = {}
+    for job in view:
+        by_state[job["state"]] = by_state.get(job["state"], 0) + 1
+    for state, n in by_state.items():
+        assert got[f'rayfed_site_jobs{{state="{state}"}}'] == n
+    assert got["rayfed_site_approvals_waiting"] >= 1
+    assert got['rayfed_site_tasks{state="waiting"}'] >= 1
+    route = 'method="GET",route="/v1/jobs/{job_id}/metrics",status="200"'
+    assert got[f"rayfed_site_api_request_duration_seconds_count{{{route}}}"] >= 1
+    assert got['rayfed_site_api_request_duration_seconds_count{method="GET",route="unmatched",status="404"}'] >= 1
+    assert not any("no-such-route" in series for series in got)
