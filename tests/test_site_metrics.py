@@ -4,6 +4,7 @@ series the API serves (own, and shared ones only to partners)."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -112,3 +113,25 @@ def test_only_components_registered_as_sharing_are_shared(db, tmp_path):
         components.add_component(s, "fedavg", "2", "demo.fedavg:run", share_metrics=False)
     with db.session() as s:
         assert metrics.series(s, "job-1", "alice", shared_only=True) == []
+
+
+def test_concurrent_reads_of_one_file_store_each_point_once(db, tmp_path):
+    ctx = context(tmp_path)
+    for step in range(200):
+        ctx.log_metric("loss", 1.0 / (step + 1), step=step)
+    errors = []
+
+    def read() -> None:
+        try:
+            ingest(db, ctx.output_dir / METRICS_FILE)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    with db.session() as s:
+        assert [p[0] for p in metrics.series(s, "job-1")[0]["points"]] == list(range(200))

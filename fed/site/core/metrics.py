@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fed.site.core.models import METRIC_NAME, Component, MetricPoint, MetricSource, Task
@@ -39,14 +41,15 @@ class IngestResult:
 
 
 def _source(s: Session, job_id: str, task: str, party: str) -> MetricSource:
-    """The task's read position, locked for this transaction (PostgreSQL: FOR UPDATE)."""
-    source = s.get(MetricSource, (job_id, task, party), with_for_update=True)
-    if source is None:
-        source = MetricSource(job_id=job_id, task=task, party=party, offset=0, skipping=False,
-                              points=0, bad_lines=0, dropped=0)
-        s.add(source)
-        s.flush()
-    return source
+    """The task's read position, locked for this transaction: created if missing without
+    a race (INSERT ... ON CONFLICT DO NOTHING), then read FOR UPDATE on PostgreSQL (SQLite
+    transactions here are BEGIN IMMEDIATE: one writer at a time)."""
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    s.execute(insert(MetricSource).values(job_id=job_id, task=task, party=party, offset=0, skipping=False,
+                                          points=0, bad_lines=0, dropped=0).on_conflict_do_nothing())
+    query = (select(MetricSource).with_for_update().execution_options(populate_existing=True)
+             .where(MetricSource.job_id == job_id, MetricSource.task == task, MetricSource.party == party))
+    return s.scalars(query).one()
 
 
 def _read_new(path: str, source: MetricSource) -> bytes:
