@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from fed.site.api.auth import bearer
 from fed.site.core import views
-from fed.site.core.models import Job, PartyTask, Task
+from fed.site.core.models import PartyTask, Task
 from fed.site.core.tokens import Role
 from fed.site.service import SiteService
 
@@ -45,11 +45,11 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         party = self._service.party
         with self._service.db.session() as s:
-            jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            jobs = views.count_jobs(s)
             tasks = dict(s.execute(select(Task.state, func.count()).group_by(Task.state)).all())
             mine = dict(s.execute(select(PartyTask.state, func.count()).where(PartyTask.party == party)
                                   .group_by(PartyTask.state)).all())
-            waiting = len(views.pending_for(s, party))
+            waiting = views.count_pending_for(s, party)
         yield _by_state("rayfed_site_jobs", "Jobs this site holds, by job state.", jobs)
         yield _by_state("rayfed_site_tasks", "Tasks of the jobs this site holds, by task state.", tasks)
         yield _by_state("rayfed_site_party_tasks", "This party's runs of tasks, by state.", mine)
