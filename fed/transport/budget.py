@@ -39,7 +39,7 @@ class PeerBudget:
     """Thread-safe accounting shared by connection threads and the actor's event loop."""
 
     def __init__(self, limit: Optional[int],
-                 on_held: Optional[Callable[[str, int], None]] = None) -> None:
+                 on_held: Callable[[str, int], None] | None = None) -> None:
         self._limit = limit
         #: Told a peer's held bytes when a value settles or is released (not per frame).
         self._on_held = on_held

@@ -6,7 +6,7 @@ change and the snapshot take the one lock all the figures share.
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from fed.transport.metrics import ChannelMetrics
 
@@ -34,7 +34,7 @@ class Count:
 class ReceiverCounters:
     """Values and bytes received per source party, and counts of what was turned away."""
 
-    def __init__(self, metrics: Optional[ChannelMetrics] = None) -> None:
+    def __init__(self, metrics: ChannelMetrics | None = None) -> None:
         self._metrics = metrics or ChannelMetrics.off()
         self._lock = threading.Lock()
         self._values: dict[str, int] = {}

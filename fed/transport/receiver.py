@@ -29,7 +29,6 @@ from fed.transport.barriers import Barriers
 from fed.transport.base import MessageKey
 from fed.transport.budget import FrameSlots, PeerBudget
 from fed.transport.counters import ReceiverCounters
-from fed.transport.metrics import ChannelMetrics
 from fed.transport.limits import (
     SMALL_FRAME_BYTES,
     ReceiverLimits,
@@ -37,6 +36,7 @@ from fed.transport.limits import (
     return_freed_memory,
 )
 from fed.transport.listener import Admission, Listener
+from fed.transport.metrics import ChannelMetrics
 from fed.transport.peers import Outbox, Peers
 from fed.transport.session import SessionHooks, SessionServer, Terms
 

@@ -98,7 +98,7 @@ class SenderProxy:
         tls: Optional[Any],
         comm: dict[str, Any],
         hooks: Optional[SenderHooks] = None,
-        metrics: Optional[ChannelMetrics] = None,
+        metrics: ChannelMetrics | None = None,
     ) -> None:
         from fed.transport.tls import client_context
 
