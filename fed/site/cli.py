@@ -128,8 +128,10 @@ def _component_add(args: argparse.Namespace) -> int:
 
     def body(config: Any, db: Any) -> int:
         with db.session() as s:
-            add_component(s, args.name, args.version, args.entrypoint)
-        print(f"party {config.party} runs component {args.name} {args.version} = {args.entrypoint}")
+            add_component(s, args.name, args.version, args.entrypoint, args.share_metrics)
+        shared = "shared with partners" if args.share_metrics else "private"
+        print(f"party {config.party} runs component {args.name} {args.version} = {args.entrypoint} "
+              f"(metrics {shared})")
         return 0
 
     return _with_db(args.dir, body)
@@ -141,7 +143,8 @@ def _component_list(args: argparse.Namespace) -> int:
     def body(_config: Any, db: Any) -> int:
         with db.session() as s:
             for c in list_components(s):
-                print(f"{c['name']}  {c['version']}  {c['entrypoint']}")
+                shared = "  share-metrics" if c["share_metrics"] else ""
+                print(f"{c['name']}  {c['version']}  {c['entrypoint']}{shared}")
         return 0
 
     return _with_db(args.dir, body)
@@ -213,6 +216,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name", metavar="NAME")
     p.add_argument("--entrypoint", required=True, metavar="PKG.MOD:FUNC")
     p.add_argument("--version", required=True)
+    p.add_argument("--share-metrics", action="store_true",
+                   help="partners of a job may read the metrics this component logs here (default: private)")
     p.set_defaults(handler=_handler(_component_add))
     p = comp.add_parser("list", help="list registered components")
     p.add_argument("dir", metavar="DIR")

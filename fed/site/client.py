@@ -64,3 +64,7 @@ class SiteClient(OwnedHttpClient):
     def decide(self, job_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
         verb = "approve" if approve else "reject"
         return self.request("POST", f"/v1/jobs/{job_id}/{verb}", {"reason": reason})
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """The job's metrics: this party's, and what partners share."""
+        return self.request("GET", f"/v1/jobs/{job_id}/metrics")
