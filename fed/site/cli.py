@@ -185,6 +185,21 @@ def _add_init(sub: Any) -> None:
     p.set_defaults(handler=_handler(_init))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from fed.site.demo import run
+
+    return run(args)
+
+
+def _add_demo(sub: Any) -> None:
+    from fed.site import demo
+
+    p = sub.add_parser("demo", help="three parties' sites and Ray clusters on this machine run the example job",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(handler=_handler(_demo))
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``site`` subcommand group."""
     site = subparsers.add_parser(
@@ -198,6 +213,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=_handler(_start))
+    _add_demo(sub)
     p = sub.add_parser("status", help="this site's party, URL, database and job counts")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(handler=_handler(_status))
