@@ -44,8 +44,11 @@ FRAME_DECODE_FACTOR = 81
 #: a small control frame and what it decodes to (SMALL_FRAME_BYTES x FRAME_DECODE_FACTOR),
 #: and the scratch buffer a duplicate's or refused stream's bytes are dropped into
 #: (64 KiB each); glibc keeps no large freed block (return_freed_memory). Measured under an
-#: authenticated hostile peer by benchmarks/hostile_peer.py (docs/benchmarks.md).
-CONNECTION_OVERHEAD_BYTES = 512 * 1024
+#: authenticated hostile peer by benchmarks/hostile_peer.py (docs/benchmarks.md). Plus
+#: HUGE_PAGE_BYTES: the value a connection reads lands in huge pages (reserve_region), and
+#: the one it is filling is committed whole however few of its bytes have arrived.
+HUGE_PAGE_BYTES = 2 * 1024 * 1024
+CONNECTION_OVERHEAD_BYTES = 512 * 1024 + HUGE_PAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -191,9 +194,10 @@ def reserve_region(sizes: Sequence[int]) -> tuple[mmap.mmap | None, list[memoryv
     Pages are committed as bytes arrive, as with `reserve`. One mapping per value, not
     one per buffer, and the kernel is asked for transparent huge pages: on a virtual
     machine a fresh 4 KiB page costs a fault each, which made receiving a 25 MB model
-    of 50 arrays take several times as long as copying it (docs/benchmarks.md). A huge
-    page commits at most 2 MiB beyond the bytes that arrived, for the one value a
-    connection reads at a time.
+    of 50 arrays take several times as long as copying it (docs/benchmarks.md). The
+    region is filled in order, so at most one huge page is partly written: the value a
+    connection reads commits at most HUGE_PAGE_BYTES beyond the bytes charged for it
+    (counted in CONNECTION_OVERHEAD_BYTES).
     """
     offsets, total = [], 0
     for size in sizes:
