@@ -479,9 +479,10 @@ def plain_ray_tiny_seconds(iters: int = 1000) -> float:
             proc.kill()
 
 
-def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn) -> None:
-    import numpy as np
+def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn, torch: bool = False) -> None:
     import ray
+
+    make, mean_of = _fl_model_torch(arrays, floats) if torch else _fl_model_numpy(arrays, floats)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=2 * 1024**3)
@@ -489,7 +490,7 @@ def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn) -> None:
     @ray.remote
     class Trainer:
         def __init__(self, seed):
-            self.weights = [np.full(floats, seed + i, dtype=np.float32) for i in range(arrays)]
+            self.weights = make(seed)
 
         def train(self, mean=None):
             if mean is not None:
@@ -498,7 +499,7 @@ def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn) -> None:
 
     @ray.remote
     def fl_mean(a, b):
-        return [(x + y) * np.float32(0.5) for x, y in zip(a, b)]
+        return mean_of(a, b)
 
     ta, tb = Trainer.remote(0), Trainer.remote(1000)
     mean, times = None, []
@@ -513,12 +514,43 @@ def _plain_ray_fl(rounds: int, arrays: int, floats: int, conn) -> None:
     ray.shutdown()
 
 
-def plain_ray_fl_seconds(rounds: int = 10, arrays: int = 50, floats: int = 125_000) -> float:
+def _fl_model_numpy(arrays: int, floats: int) -> tuple[Callable, Callable]:
+    """The FL model as a list of numpy arrays: how to make one, how to average two."""
+    import numpy as np
+
+    def make(seed):
+        return [np.full(floats, seed + i, dtype=np.float32) for i in range(arrays)]
+
+    def mean_of(a, b):
+        return [(x + y) * np.float32(0.5) for x, y in zip(a, b)]
+
+    return make, mean_of
+
+
+def _fl_model_torch(arrays: int, floats: int) -> tuple[Callable, Callable]:
+    """The same model as a PyTorch state_dict (Ray pickles tensors: copies, not views)."""
+    import collections
+
+    def make(seed):
+        import torch
+
+        return collections.OrderedDict(
+            (f"layer{i}.weight", torch.full((floats,), float(seed + i))) for i in range(arrays))
+
+    def mean_of(a, b):
+        return collections.OrderedDict((k, (a[k] + b[k]) * 0.5) for k in a)
+
+    return make, mean_of
+
+
+def plain_ray_fl_seconds(rounds: int = 10, arrays: int = 50, floats: int = 125_000,
+                         torch: bool = False) -> float:
     """The FL round's calls (two trainers, a mean task, a get) in ONE plain Ray cluster:
-    Ray's own share of a round (object-store copies, task start, numpy), no parties."""
+    Ray's own share of a round (object-store copies, task start, numpy), no parties.
+    `torch`: the model as a state_dict of tensors, as benchmarks/suite.py's torch round."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_plain_ray_fl, args=(rounds, arrays, floats, child))
+    proc = ctx.Process(target=_plain_ray_fl, args=(rounds, arrays, floats, child, torch))
     proc.start()
     child.close()
     try:

@@ -31,7 +31,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import run as bench  # noqa: E402
-from _harness import MiB  # noqa: E402
+from _harness import MiB, plain_ray_fl_seconds  # noqa: E402
 
 #: The last commit whose wire format was pickle (protocol 5, restricted unpickler).
 PICKLE_REF = "8d6e609"
@@ -52,14 +52,15 @@ def extract_engine(ref: str, into: str) -> str:
     return into
 
 
-def run_engine(pythonpath: str, quick: bool, label: str, torch: bool) -> dict[str, Any]:
+def run_engine(pythonpath: str, quick: bool, label: str, torch: bool,
+               extra_env: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """benchmarks/run.py --engine-only with `pythonpath` first; its measurements."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = tmp.name
     cmd = [sys.executable, os.path.join(HERE, "run.py"), "--engine-only", "--json", out]
     cmd += ["--quick"] if quick else []
     cmd += ["--torch"] if torch else []
-    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env = dict(os.environ, PYTHONPATH=pythonpath, **(extra_env or {}))
     print(f"[codec] running the suite on {label} ...", flush=True)
     started = time.time()
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=HERE,
@@ -94,7 +95,20 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def table_rows(pickled: dict[str, Any], codec: dict[str, Any]) -> list[list[str]]:
+def plain_ray_floors(rounds: int) -> dict[str, float]:
+    """The FL round's calls in one plain Ray cluster (no parties), numpy and torch models,
+    alternated twice; the best of each (ms). Ray copies a tensor wherever it crosses a
+    task boundary (it pickles it) and passes a numpy array as a view: this is what a
+    torch round costs more than a numpy round before any engine takes part."""
+    numpy_ms, torch_ms = [], []
+    for _ in range(2):
+        numpy_ms.append(plain_ray_fl_seconds(rounds) * 1000)
+        torch_ms.append(plain_ray_fl_seconds(rounds, torch=True) * 1000)
+    return {"numpy": min(numpy_ms), "torch": min(torch_ms)}
+
+
+def table_rows(pickled: dict[str, Any], codec: dict[str, Any],
+               floors: Optional[dict[str, float]] = None) -> list[list[str]]:
     """figure, unit, pickle, codec, ratio, target, holds."""
     rows = []
 
@@ -119,6 +133,11 @@ def table_rows(pickled: dict[str, Any], codec: dict[str, Any]) -> list[list[str]
             codec["push_mibps"][codec["big_bytes"]], codec["torch_push_mibps"], "-", None)
         row("receiver peak, 1 GiB tensor push", "x payload", None,
             codec["torch_big_peak_ratio"], "<= 1.1", codec["torch_big_peak_ratio"] <= 1.1)
+    if floors is not None and "torch_fl_ms" in codec:
+        row("FL round in one plain Ray, torch (vs numpy)", "ms/round", floors["numpy"],
+            floors["torch"], "-", None)
+        row("FL round minus plain Ray, torch (vs numpy)", "ms/round",
+            codec["fl_ms"] - floors["numpy"], codec["torch_fl_ms"] - floors["torch"], "-", None)
     return rows
 
 
@@ -141,6 +160,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs of each engine, alternated; each figure is the best run's")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    parser.add_argument("--ray-zero-copy-tensors", action="store_true",
+                        help="run the codec column with Ray's RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=1 "
+                             "(tensors pass between a party's tasks as views, not copies)")
     parser.add_argument("--json", help="write every measurement to this file")
     args = parser.parse_args(argv)
     torch = not args.no_torch
@@ -153,15 +175,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             torch = False
     started, load_before = time.time(), os.getloadavg()
     pickled_runs, codec_runs = [], []
+    codec_env = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"} if args.ray_zero_copy_tensors else {}
     with tempfile.TemporaryDirectory(prefix="fed-pickle-engine-") as old_tree:
         extract_engine(args.pickle_ref, old_tree)
         for _ in range(args.rounds):  # alternate, so a load spike hits both columns alike
             pickled_runs.append(run_engine(old_tree, args.quick,
                                            f"the pickle engine ({args.pickle_ref})", False))
             codec_runs.append(run_engine(REPO, args.quick, "this checkout's engine (codec)",
-                                         torch))
+                                         torch, codec_env))
+    floors = None
+    if torch:
+        print("[codec] the FL round in one plain Ray cluster, numpy and torch ...", flush=True)
+        os.environ.update(codec_env)
+        floors = plain_ray_floors(3 if args.quick else 10)
     pickled, codec = best_of(pickled_runs), best_of(codec_runs)
-    rows = table_rows(pickled, codec)
+    rows = table_rows(pickled, codec, floors)
     print()
     print(f"pickle: {pickled['engine']} at {args.pickle_ref}; codec: this checkout; "
           f"Ray {codec['ray']}, Python {codec['python']}")
@@ -172,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(bench.jsonable({"pickle": pickled, "codec": codec, "rows": rows,
+                                      "plain_ray_fl_ms": floors, "codec_env": codec_env,
                                       "pickle_ref": args.pickle_ref}), f, indent=1)
     return 0 if all(r[-1] != "NO" for r in rows) else 1
 

@@ -95,3 +95,20 @@ def test_landing_fills_an_object_store_object_that_unpickles_as_the_value():
     outcomes = run_parties(solo_landing, ["solo"])
     assert_all_ok(outcomes)
     assert outcomes["solo"].result is True
+
+
+def test_a_landing_slices_its_large_buffers_from_one_mapping_and_unmaps_it_on_close():
+    from fed.transport.plasma import Landing
+
+    sizes = [100, 3 * MiB, 10, 65 * 1024 + 3, 2 * MiB]
+    landing = Landing(sizes)
+    region = landing._region
+    views = [landing.buffers[i] for i in landing.big]
+    assert landing.big == [1, 3, 4]
+    assert [v.nbytes for v in views] == [3 * MiB, 65 * 1024 + 3, 2 * MiB]
+    assert landing.buffers[0] is None and landing.buffers[2] is None  # allocated on arrival
+    for n, view in enumerate(views):
+        view[:] = bytes([n + 1]) * view.nbytes  # writable, and the slices do not overlap
+    assert [bytes(v[-1:]) for v in views] == [b"\x01", b"\x02", b"\x03"]
+    landing.close()
+    assert region.closed and landing.buffers is None

@@ -10,6 +10,7 @@ import ctypes
 import logging
 import threading
 import mmap
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union
 
@@ -20,6 +21,8 @@ from fed.errors import FedLimitError
 #: declared size costs address space, not memory, until its bytes arrive. Smaller
 #: ones are allocated when their first byte arrives (fed.transport.session).
 _LAZY_BUFFER_BYTES = 1024 * 1024
+#: Where buffers sliced from one mapping start (reserve_region).
+_REGION_ALIGN = 64
 _MAX_LOGGED_KINDS = 1000
 #: mallopt's parameter number for glibc's mmap threshold, and the value it is set to.
 _M_MMAP_THRESHOLD = -3
@@ -41,8 +44,11 @@ FRAME_DECODE_FACTOR = 81
 #: a small control frame and what it decodes to (SMALL_FRAME_BYTES x FRAME_DECODE_FACTOR),
 #: and the scratch buffer a duplicate's or refused stream's bytes are dropped into
 #: (64 KiB each); glibc keeps no large freed block (return_freed_memory). Measured under an
-#: authenticated hostile peer by benchmarks/hostile_peer.py (docs/benchmarks.md).
-CONNECTION_OVERHEAD_BYTES = 512 * 1024
+#: authenticated hostile peer by benchmarks/hostile_peer.py (docs/benchmarks.md). Plus
+#: HUGE_PAGE_BYTES: the value a connection reads lands in huge pages (reserve_region), and
+#: the one it is filling is committed whole however few of its bytes have arrived.
+HUGE_PAGE_BYTES = 2 * 1024 * 1024
+CONNECTION_OVERHEAD_BYTES = 512 * 1024 + HUGE_PAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,36 @@ def reserve(size: int) -> mmap.mmap | None:
     arrive, and a size the machine cannot map fails before any byte is read. None for
     a small one: `allocate` it when its first byte arrives."""
     return allocate(size) if size >= _LAZY_BUFFER_BYTES else None
+
+
+def reserve_region(sizes: Sequence[int]) -> tuple[mmap.mmap | None, list[memoryview]]:
+    """Several large receive buffers as slices of one memory map (64-byte aligned).
+
+    Pages are committed as bytes arrive, as with `reserve`. One mapping per value, not
+    one per buffer, and the kernel is asked for transparent huge pages: on a virtual
+    machine a fresh 4 KiB page costs a fault each, which made receiving a 25 MB model
+    of 50 arrays take several times as long as copying it (docs/benchmarks.md). The
+    region is filled in order, so at most one huge page is partly written: the value a
+    connection reads commits at most HUGE_PAGE_BYTES beyond the bytes charged for it
+    (counted in CONNECTION_OVERHEAD_BYTES).
+    """
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // _REGION_ALIGN) * _REGION_ALIGN
+    if total == 0:
+        return None, [memoryview(b"")[:0] for _ in sizes]
+    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            region.madvise(advice)
+        except OSError:  # no transparent huge pages here: 4 KiB pages, same bytes
+            pass
+    view = memoryview(region)
+    slices = [view[start:start + size] for start, size in zip(offsets, sizes)]
+    view.release()
+    return region, slices
 
 
 def peer_memory_bound(limits: ReceiverLimits, connections: int) -> int:

@@ -34,23 +34,31 @@ MIN_BUFFER_BYTES = 64 * 1024
 def close_buffers(buffers: list) -> None:
     """Return the memory of receive buffers now (a memory map is unmapped at once)."""
     for buf in buffers:
-        if isinstance(buf, mmap.mmap) and not buf.closed:
-            try:
+        try:
+            if isinstance(buf, memoryview):  # a slice of a Landing's region
+                buf.release()
+            elif isinstance(buf, mmap.mmap) and not buf.closed:
                 buf.close()
-            except BufferError:  # still exported (a view alive): freed when it dies
-                pass
+        except BufferError:  # still exported (a view alive): freed when it dies
+            pass
 
 
 class Landing:
     """Receive buffers for one large value, destined for the object store."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
-        from fed.transport.limits import reserve
+        from fed.transport.limits import reserve, reserve_region
 
         self.sizes = sizes
         self.big = [i for i, s in enumerate(sizes) if i > 0 and s >= MIN_BUFFER_BYTES]
-        # Small buffers (None) are allocated as their first byte arrives (session.py).
-        self.buffers: Optional[list] = [reserve(s) for s in sizes]
+        # The large buffers share one mapping; small ones (None) are allocated as their
+        # first byte arrives (session.py).
+        self._region, views = reserve_region([sizes[i] for i in self.big])
+        big = set(self.big)
+        buffers: list = [None if i in big else reserve(s) for i, s in enumerate(sizes)]
+        for i, view in zip(self.big, views):
+            buffers[i] = view
+        self.buffers: Optional[list] = buffers
 
     @classmethod
     def maybe(cls, sizes: Sequence[int], kind: str) -> Optional["Landing"]:
@@ -84,6 +92,9 @@ class Landing:
         if self.buffers is not None:
             close_buffers(self.buffers)
             self.buffers = None
+        if self._region is not None:  # detached slices keep it mapped until they die
+            close_buffers([self._region])
+            self._region = None
 
 
 def _rebuild(fmt: str, header: bytes, ref: Any, big: list[int], small: dict[int, bytes],
