@@ -1,8 +1,18 @@
-"""The site service, measured: its client API's query rate with many jobs in the database.
+"""The site service, measured: how fast a job starts and its states spread over three
+sites, and the client API's query rate with many jobs in the database.
 
     python benchmarks/sites.py [--jobs 10000] [--seconds 5] [--threads 4] [--database URL]
+                               [--runs 3] [--only query|run]
 
-Makes a federation of three parties (certificates, ``fed site init``), fills alice's
+**run**: three parties, each with its own Ray cluster and site (as ``fed site demo`` makes
+them), run ``--runs`` one-task jobs (the example ``stats`` component) in each sync mode.
+Submit-to-running is the time from the submit call at alice's site until alice's site
+shows the job running; status propagation is, for every party-task state, the time from
+the first site showing it to the last of the three showing it (each site is polled every
+20 ms, so figures under ~20 ms are at the resolution).
+
+**query**:
+makes a federation of three parties (certificates, ``fed site init``), fills alice's
 database with ``--jobs`` jobs (three quarters of them finished, a quarter waiting
 for alice's decision), starts alice's site (``fed site start``, HTTPS, a real
 uvicorn process) and sends each kind of query from ``--threads`` client threads for
@@ -151,14 +161,7 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--database", help="a PostgreSQL URL (default: SQLite in the site directory)")
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
+def query_phase(args: argparse.Namespace) -> None:
     from fed.cli.ports import PortLease
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +192,93 @@ def main() -> int:
                 count, lat, errors = hammer(make, path_of, args.threads, args.seconds)
                 print(f"| {name} | {count / args.seconds:,.0f} | {1000 * percentile(lat, 50):.1f} | "
                       f"{1000 * percentile(lat, 95):.1f} | {errors} |")
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    """Three sites and Ray clusters; one-task jobs in each sync mode, timed from outside."""
+    from fed.cli.certs import create_dev_pki
+    from fed.cli.ports import PortLease
+    from fed.site import demo
+    from fed.site.client import SiteClient
+    from fed.site.localray import start_clusters
+
+    with tempfile.TemporaryDirectory(prefix="rayfed-bench-") as tmp:
+        root, lease = Path(tmp), PortLease()
+        federation = demo.write_federation(root, lease)
+        create_dev_pki(list(demo.PARTIES), root / "certs")
+        clusters = start_clusters(lease, len(demo.PARTIES), python_path=(REPO,))
+        sites: list = []
+        try:
+            sites = demo.init_sites(root, federation, clusters)
+            lease.release()
+            demo.start_sites(sites, root, REPO)
+            ca = str(root / "certs" / "ca.crt")
+            clients = {s.party: SiteClient(s.url, s.viewer, ca) for s in sites}
+            submit = SiteClient(sites[0].url, sites[0].submitter, ca)
+            print("\n| sync mode | jobs | submit -> running, ms (median / max) | status propagation, ms "
+                  "(median / max) | job end to end, s (median) |")
+            print("| --- | --- | --- | --- | --- |")
+            for mode in ("callback", "poll"):
+                starts, spreads, totals = [], [], []
+                for _ in range(args.runs):
+                    start, spread, total = timed_job(submit, clients, demo.job_spec(REPO, federation, mode))
+                    starts.append(start)
+                    spreads += spread
+                    totals.append(total)
+                print(f"| {mode} | {args.runs} | {1000 * statistics.median(starts):.0f} / {1000 * max(starts):.0f} | "
+                      f"{1000 * statistics.median(spreads):.0f} / {1000 * max(spreads):.0f} | "
+                      f"{statistics.median(totals):.1f} |")
+        finally:
+            demo.stop_sites(sites)
+            for cluster in clusters:
+                cluster.stop()
+            lease.release()
+
+
+def timed_job(submit, clients: dict, spec: dict) -> tuple[float, list[float], float]:
+    """Submit one job (its first task only) and watch every site until all show it ended."""
+    spec = dict(spec, tasks=[dict(spec["tasks"][0])])
+    began = time.perf_counter()
+    job_id = submit.submit(spec)["id"]
+    seen: dict[tuple, dict[str, float]] = {}  # (task, party, state) -> {site: first seen}
+    running_at, ended = None, set()
+    while len(ended) < len(clients):
+        for party, client in clients.items():
+            job, now = client.job(job_id), time.perf_counter()
+            if party == "alice" and running_at is None and job["state"] in ("running", *demo_final()):
+                running_at = now
+            for task in job.get("tasks", []):
+                for pt in task.get("parties", []):
+                    seen.setdefault((task["name"], pt["party"], pt["state"]), {}).setdefault(party, now)
+            if job["state"] in demo_final():
+                ended.add(party)
+        if time.perf_counter() - began > 600:
+            raise SystemExit(f"job {job_id} did not end within 600 s")
+        time.sleep(0.02)
+    spreads = [max(at.values()) - min(at.values()) for at in seen.values() if len(at) == len(clients)]
+    return running_at - began, spreads, time.perf_counter() - began
+
+
+def demo_final() -> set[str]:
+    from fed.site.demo import FINAL
+
+    return FINAL
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--database", help="a PostgreSQL URL (default: SQLite in the site directory)")
+    parser.add_argument("--runs", type=int, default=3, help="jobs per sync mode in the run phase")
+    parser.add_argument("--only", choices=("query", "run"), help="one phase only")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    if args.only != "query":
+        run_phase(args)
+    if args.only != "run":
+        query_phase(args)
     return 0
 
 
