@@ -1,10 +1,14 @@
-"""A stand-in for the Kubernetes API server, KubeRay's operator and the Ray dashboard, for
-the RayJob runner's tests: no cluster runs here, so the runner's HTTP boundary is all that
-is replaced. Real HTTPS on loopback (a CA of its own, a bearer token), implementing only
-what the runner calls: create / get / delete RayJob, and the dashboard's job stop and
-logs. The API part validates each created RayJob against the KubeRay schema, as the API
-server validates against the CRD. The operator's part is the test's hand:
-:meth:`KubeStandIn.operator` sets a RayJob's status as KubeRay would.
+"""A stand-in for the Kubernetes API server, for the RayJob runner's tests: no Kubernetes
+cluster runs here, so the API server the runner talks to is the one thing replaced, at
+its HTTP boundary. Real HTTPS on loopback (a CA of its own, a bearer token), implementing
+only what the runner calls: create / get / delete RayJob. Each created RayJob is
+validated against the KubeRay schema, as the API server validates against the CRD.
+
+KubeRay's operator is played in one of two ways. With an ``operator``
+(tests/kuberay_operator.py) it is done for real: every RayJob becomes a job on a real Ray
+cluster, whose real dashboard the runner then stops and reads logs from. Without one,
+the test's hand sets statuses (:meth:`KubeStandIn.set_status`), for fast tests of the
+runner's mapping that need no Ray.
 """
 from __future__ import annotations
 
@@ -14,15 +18,17 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fed.cli.certs import create_dev_pki
 from fed.deploy.errors import ManifestInvalid
 from fed.deploy.validate import validate_document
 
+if TYPE_CHECKING:
+    from kuberay_operator import RayOperator
+
 _COLLECTION = re.compile(r"^/apis/ray\.io/v1/namespaces/([a-z0-9-]+)/rayjobs$")
 _ITEM = re.compile(r"^/apis/ray\.io/v1/namespaces/([a-z0-9-]+)/rayjobs/([a-z0-9-]+)$")
-_DASHBOARD = re.compile(r"^/api/jobs/([^/]+)/(stop|logs)$")
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -50,10 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         standin = self.server.standin
         body = self._body() if method == "POST" else None
-        if self.server.is_api and self.headers.get("Authorization") != f"Bearer {standin.token}":
+        if self.headers.get("Authorization") != f"Bearer {standin.token}":
             return self._send(401, _status(401, "Unauthorized", "bad or missing bearer token"))
-        route = standin.api_route if self.server.is_api else standin.dashboard_route
-        self._send(*route(method, self.path, body))
+        self._send(*standin.api_route(method, self.path, body))
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -68,44 +73,39 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, standin: KubeStandIn, is_api: bool) -> None:
+    def __init__(self, port: int, standin: KubeStandIn) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
-        self.standin, self.is_api = standin, is_api
+        self.standin = standin
 
 
 class KubeStandIn:
-    """``url`` (HTTPS, the API), ``ca_file``, ``token``; ``dashboard`` is the
-    ``host:port`` KubeRay would put in ``status.dashboardURL``."""
+    """``url`` (HTTPS, the API), ``ca_file``, ``token``; ``operator`` plays KubeRay's
+    operator against a real Ray cluster (None: the test sets statuses)."""
 
-    def __init__(self, workdir: Path, api_port: int, dashboard_port: int, token: str = "sa-token") -> None:
+    def __init__(self, workdir: Path, api_port: int, token: str = "sa-token",
+                 operator: RayOperator | None = None) -> None:
         pki = create_dev_pki(["kubeapi"], workdir / "pki")["kubeapi"]
-        self.ca_file, self.token = pki["ca_cert"], token
+        self.ca_file, self.token, self.operator = pki["ca_cert"], token, operator
         self.rayjobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.creates = 0
-        self.logs: dict[str, str] = {}  # Ray job id -> its output
         self._lock = threading.Lock()
-        self._api = _Server(api_port, self, is_api=True)
+        self._api = _Server(api_port, self)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(pki["cert"], pki["key"])
         self._api.socket = ctx.wrap_socket(self._api.socket, server_side=True)
-        self._dash = _Server(dashboard_port, self, is_api=False)
         self.url = f"https://127.0.0.1:{api_port}"
-        self.dashboard = f"127.0.0.1:{dashboard_port}"
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self._api, self._dash)]
+        self._thread = threading.Thread(target=self._api.serve_forever, daemon=True)
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
 
     def stop(self) -> None:
-        for server in (self._api, self._dash):
-            server.shutdown()
-            server.server_close()
-        for t in self._threads:
-            t.join(timeout=10)
+        self._api.shutdown()
+        self._api.server_close()
+        self._thread.join(timeout=10)
 
-    def operator(self, namespace: str, name: str, **status: str) -> None:
-        """Set fields of a RayJob's status, as KubeRay's operator does."""
+    def set_status(self, namespace: str, name: str, **status: str) -> None:
+        """Set fields of a RayJob's status by hand (the tests without an operator)."""
         with self._lock:
             obj = self.rayjobs[(namespace, name)]
             obj.setdefault("status", {}).update(status)
@@ -122,7 +122,11 @@ class KubeStandIn:
                 return 404, _status(404, "NotFound", f'rayjobs.ray.io "{m.group(2)}" not found')
             if method == "DELETE":
                 del self.rayjobs[(m.group(1), m.group(2))]
+                if self.operator is not None:
+                    self.operator.deleted(obj)
                 return 200, _status(200, "", "deleted") | {"status": "Success"}
+            if self.operator is not None:
+                self.operator.observe(obj)
             return 200, obj
 
     def _create(self, namespace: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -137,21 +141,6 @@ class KubeStandIn:
             return 409, _status(409, "AlreadyExists", f'rayjobs.ray.io "{name}" already exists')
         self.creates += 1
         self.rayjobs[(namespace, name)] = body
+        if self.operator is not None:
+            self.operator.created(body)
         return 201, body
-
-    def dashboard_route(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
-        m = _DASHBOARD.match(path)
-        if m is None:
-            return 404, {"error": f"no route {path}"}
-        job_id, what = m.groups()
-        with self._lock:
-            obj = next((o for o in self.rayjobs.values() if o["spec"].get("jobId") == job_id), None)
-            if obj is None:
-                return 404, {"error": f"no job {job_id}"}
-            if what == "logs" and method == "GET":
-                return 200, {"logs": self.logs.get(job_id, "")}
-            status = obj.setdefault("status", {})
-            stopped = status.get("jobStatus") in ("PENDING", "RUNNING") and method == "POST"
-            if stopped:
-                status.update(jobStatus="STOPPED", jobDeploymentStatus="Complete")
-            return 200, {"stopped": stopped}

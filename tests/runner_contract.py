@@ -8,6 +8,7 @@ on states and files, never on elapsed time; a deadline only bounds a hang.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,16 @@ from fed.site.runner.base import (
 
 MakeLaunch = Callable[[str, dict[str, Any]], TaskLaunch]
 DEADLINE_S = 180.0
+
+
+def make_factory(tmp: Path, party: str = "alice") -> MakeLaunch:
+    """Launches of ``runner_components`` with a fresh job id each, output under ``tmp``."""
+    def make(component: str, params: dict[str, Any]) -> TaskLaunch:
+        job = f"j{uuid.uuid4().hex[:10]}"
+        return TaskLaunch(job_id=job, task="t", attempt=0, party=party, component=component, version="1",
+                          entrypoint=f"runner_components:{component}", addresses={party: "127.0.0.1:1"},
+                          params=params, output_dir=str(tmp / job / "t"))
+    return make
 
 
 def wait_for(runner: TaskRunner, sid: str, states: set[RunState]) -> RunStatus:

@@ -54,7 +54,7 @@ CASES = {
     "tls-from-certs-clusterip": (lambda party, certs: {
         "channel": {"type": "ClusterIP", "annotations": {"example.org/passthrough": "true"}},
         "tls": {"certs": str(certs)}, "ray": {"workers": {"min_replicas": 1, "max_replicas": 8, "cpu": 4}},
-        "site": {"client_cidrs": ["10.0.0.0/8"]}},
+        "site": {"client_cidrs": ["10.0.0.0/8"]}, "work": {"storage_class": "nfs-client", "size": "20Gi"}},
         "9401-9401", 443),
 }
 
@@ -161,6 +161,10 @@ WRONG = {
     "node port outside the range": ({"tls": {"secret": "s"}, "channel": {"type": "NodePort"}},
                                     "channel.type: NodePort exposes"),
     "unknown field": ({"tls": {"secret": "s"}, "chanel": {}}, "chanel: unknown field (did you mean 'channel'?)"),
+    "work without a storage class": ({"tls": {"secret": "s"}, "work": {"size": "5Gi"}},
+                                     "work.storage_class"),
+    "work size not a quantity": ({"tls": {"secret": "s"}, "work": {"storage_class": "nfs", "size": "lots"}},
+                                 "work.size"),
     "not a party": ({"tls": {"secret": "s"}, "peers": {"bob": {"cidrs": ["10.0.0.1/32"]},
                                                        "carol": {"cidrs": ["10.0.0.2/32"]}}}, "peers.carol"),
 }
@@ -236,6 +240,49 @@ def test_site_yaml_written_in_the_pod_is_the_sites_own_config(tmp_path):
     config = SiteConfig.model_validate(yaml.safe_load((site / "site.yaml").read_text()))
     assert config.database == url and config.party == "alice"
     assert config.runner.kind == "kubernetes" and config.runner.kubernetes.ray_cluster == "rayfed-alice"
+
+
+def _site_config(docs: dict[str, dict]) -> dict:
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if "site.yaml" in d["data"]]
+    return yaml.safe_load(config_map["data"]["site.yaml"].replace("@RAYFED_SITE_DATABASE@", "x"))
+
+
+def _work_mounts(pod: dict) -> list[tuple[str, str]]:
+    """Where each container of a pod template mounts the work volume's claim."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    return [(m["mountPath"], claims[m["name"]]) for c in pod["spec"]["containers"]
+            for m in c["volumeMounts"] if claims.get(m["name"], "").endswith("-work")]
+
+
+def test_the_work_volume_is_shared_by_the_site_and_every_ray_pod(tmp_path):
+    """With ``work`` in values: one ReadWriteMany claim of the chosen class, mounted at the
+    same path in the head, the workers and the site, where site.yaml puts task output."""
+    values = {"tls": {"secret": "s"}, "work": {"storage_class": "cephfs", "size": "50Gi"}}
+    code, out = render(tmp_path, "alice", values, federation(tmp_path))
+    assert code == 0
+    docs = documents(out)
+    for doc in docs.values():
+        validate_document(doc)
+    (claim,) = [d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "rayfed-alice-work"]
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "cephfs",
+                             "resources": {"requests": {"storage": "50Gi"}}}
+    workdir = _site_config(docs)["runner"]["workdir"]
+    assert workdir.startswith("/")
+    (cluster,) = by_kind(docs, "RayCluster")
+    pods = [cluster["spec"]["headGroupSpec"]["template"], cluster["spec"]["workerGroupSpecs"][0]["template"],
+            by_kind(docs, "Deployment")[0]["spec"]["template"]]
+    assert [_work_mounts(pod) for pod in pods] == [[(workdir, "rayfed-alice-work")]] * 3
+
+
+def test_without_a_work_volume_nothing_is_shared(tmp_path):
+    code, out = render(tmp_path, "alice", {"tls": {"secret": "s"}}, federation(tmp_path))
+    assert code == 0
+    docs = documents(out)
+    assert not [d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"].endswith("-work")]
+    assert "workdir" not in _site_config(docs)["runner"]
+    (cluster,) = by_kind(docs, "RayCluster")
+    assert _work_mounts(cluster["spec"]["headGroupSpec"]["template"]) == []
 
 
 def test_shipped_kustomize_base_is_what_the_renderer_writes(tmp_path):

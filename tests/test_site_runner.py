@@ -21,6 +21,7 @@ pytest.importorskip("ray.job_submission")
 
 import runner_contract
 from raykit import REPO, start_clusters
+from runner_contract import make_factory
 
 from fed.cli.ports import PortLease
 from fed.site.errors import RunnerUnavailableError
@@ -41,15 +42,6 @@ def clusters():
         finally:
             for cluster in started:
                 cluster.stop()
-
-
-def make_factory(tmp: Path, party: str = "alice"):
-    def make(component: str, params: dict) -> TaskLaunch:
-        job = f"j{uuid.uuid4().hex[:10]}"
-        return TaskLaunch(job_id=job, task="t", attempt=0, party=party, component=component, version="1",
-                          entrypoint=f"runner_components:{component}", addresses={party: "127.0.0.1:1"},
-                          params=params, output_dir=str(tmp / job / "t"))
-    return make
 
 
 # ---------------------------------------------------------------- the runner contract

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from fed.deploy import render_access, render_ray, render_site
+from fed.deploy import render_access, render_ray, render_site, render_work
 from fed.deploy.plan import Plan
 
 Document = dict[str, Any]
@@ -26,6 +26,7 @@ _BUILDERS: tuple[Callable[[Plan], Document | None], ...] = (
     render_site.peers_config_map,
     render_site.site_config_map,
     render_site.data_claim,
+    render_work.work_claim,
     render_ray.ray_cluster,
     render_ray.channel_service,
     render_site.site_deployment,
@@ -35,7 +36,7 @@ _BUILDERS: tuple[Callable[[Plan], Document | None], ...] = (
 
 def render(plan: Plan) -> list[Document]:
     """Every document of the party (the TLS Secret only when rendered from files, the
-    volume only with SQLite)."""
+    database volume only with SQLite, the work volume only when the values ask for one)."""
     return [doc for build in _BUILDERS if (doc := build(plan)) is not None]
 
 

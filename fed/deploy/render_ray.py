@@ -6,6 +6,7 @@ from typing import Any
 
 from fed.deploy.names import TLS_MOUNT, party_labels, ray_version
 from fed.deploy.plan import Plan
+from fed.deploy.render_work import work_mounts, work_volumes
 from fed.deploy.values import Resources, ServiceValues
 
 #: Ray's own head ports (GCS, dashboard, client), as in KubeRay's samples.
@@ -29,7 +30,7 @@ def _container(plan: Plan, name: str, res: Resources, ports: list[tuple[str, int
     if ports:
         container["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]
     container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
-    container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}]
+    container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}, *work_mounts(plan)]
     return container
 
 
@@ -37,7 +38,8 @@ def _pod(plan: Plan, container: dict[str, Any], node_type: str) -> dict[str, Any
     return {
         "metadata": {"labels": party_labels(plan.party, f"ray-{node_type}")},
         "spec": {"containers": [container],
-                 "volumes": [{"name": "tls", "secret": {"secretName": plan.tls_secret, "defaultMode": 0o444}}]},
+                 "volumes": [{"name": "tls", "secret": {"secretName": plan.tls_secret, "defaultMode": 0o444}},
+                             *work_volumes(plan)]},
     }
 
 

@@ -10,6 +10,7 @@ import yaml
 from fed.deploy.names import TLS_FILES, TLS_MOUNT, party_labels
 from fed.deploy.plan import Plan
 from fed.deploy.render_ray import exposed_service, meta
+from fed.deploy.render_work import WORK_DIR, work_mounts, work_volumes
 from fed.deploy.values import PostgresDatabase
 
 SITE_DIR = "/var/lib/rayfed/site"  # an emptyDir: site.yaml written at start
@@ -26,6 +27,15 @@ _WRITE_CONFIG = (
 )
 
 
+def _runner(plan: Plan) -> dict[str, Any]:
+    """Tasks as RayJobs; with a work volume, their output on it (else under the site dir)."""
+    runner: dict[str, Any] = {"kind": "kubernetes",
+                              "kubernetes": {"ray_cluster": plan.name, "namespace": plan.namespace}}
+    if plan.values.work is not None:
+        runner["workdir"] = WORK_DIR
+    return runner
+
+
 def site_yaml(plan: Plan) -> str:
     """The site's site.yaml, with the database left as a placeholder filled in at start."""
     config = {
@@ -36,7 +46,7 @@ def site_yaml(plan: Plan) -> str:
         "tls": {k: f"{TLS_MOUNT}/{v}" for k, v in TLS_FILES.items()},
         "federation": plan.federation.model_dump(exclude_none=True),
         "approval": plan.values.site.approval.model_dump(),
-        "runner": {"kind": "kubernetes", "kubernetes": {"ray_cluster": plan.name, "namespace": plan.namespace}},
+        "runner": _runner(plan),
     }
     text = yaml.safe_dump(config, sort_keys=False)
     return text.replace(f"'{_PLACEHOLDER}'", _PLACEHOLDER)
@@ -94,7 +104,7 @@ def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if not isinstance(plan.values.site.database, PostgresDatabase):
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": f"{plan.name}-site-data"}})
         mounts.append({"name": "data", "mountPath": DATA_DIR})
-    return volumes, mounts
+    return volumes + work_volumes(plan), mounts + work_mounts(plan)
 
 
 def site_deployment(plan: Plan) -> dict[str, Any]:

@@ -114,6 +114,21 @@ class PeerValues(BaseModel):
     cidrs: Annotated[list[str], Field(min_length=1)]
 
 
+class WorkValues(BaseModel):
+    """A volume shared by the site and every Ray pod for the tasks' output directories
+    (fed/deploy/render_work.py): a ReadWriteMany claim of ``storage_class`` (NFS, CephFS,
+    EFS, Azure Files, ...: a class that offers ReadWriteMany)."""
+
+    model_config = _MODEL
+    storage_class: Annotated[str, Field(min_length=1)]
+    size: str = "10Gi"
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _quantities(cls, value: Any) -> str:
+        return _quantity(value)
+
+
 class Values(BaseModel):
     model_config = _MODEL
     namespace: str | None = None
@@ -126,10 +141,12 @@ class Values(BaseModel):
     site: SiteValues = SiteValues()
     tls: TlsValues = TlsValues()
     peers: dict[str, PeerValues] = {}
+    #: None: no shared work volume (each pod keeps task output on its own disk).
+    work: WorkValues | None = None
 
 
 _FIELDS = {f for m in (Resources, Workers, RayValues, ServiceValues, SqliteDatabase, PostgresDatabase,
-                       SiteValues, TlsValues, PeerValues, Values, ApprovalPolicy) for f in m.model_fields}
+                       SiteValues, TlsValues, PeerValues, WorkValues, Values, ApprovalPolicy) for f in m.model_fields}
 
 
 def parse_values(data: Any, source: str = "values") -> Values:

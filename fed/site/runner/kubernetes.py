@@ -7,7 +7,8 @@ party's RayCluster with ``clusterSelector``, runs the same entry as the local ru
 the launch in ``runtimeEnvYAML``'s environment, and carries the task's deadline as
 ``activeDeadlineSeconds``. KubeRay's ``status.jobStatus`` and ``jobDeploymentStatus``
 map onto :class:`RunState`. Stopping a running job and reading its output go to the Ray
-dashboard of the cluster (``status.dashboardURL``), as KubeRay itself does.
+dashboard of the cluster (``status.dashboardURL``), as KubeRay itself does; with Ray's
+token authentication on, ``dashboard_token`` is sent there as a bearer token.
 """
 from __future__ import annotations
 
@@ -79,16 +80,18 @@ def run_status(rayjob: dict[str, Any]) -> RunStatus:
 class RayJobRunner:
     """The :class:`~fed.site.runner.base.TaskRunner` of a site inside Kubernetes."""
 
-    def __init__(self, api: KubeApi, namespace: str, ray_cluster: str, dashboard_scheme: str = "http") -> None:
+    def __init__(self, api: KubeApi, namespace: str, ray_cluster: str, dashboard_scheme: str = "http",
+                 dashboard_token: str | None = None) -> None:
         self.api, self.namespace, self.ray_cluster = api, namespace, ray_cluster
         self._scheme = dashboard_scheme
+        self._headers = {"Authorization": f"Bearer {dashboard_token}"} if dashboard_token else {}
         self._path = f"/apis/ray.io/v1/namespaces/{namespace}/rayjobs"
 
     @classmethod
-    def from_config(cls, config: KubernetesRunnerConfig) -> RayJobRunner:
+    def from_config(cls, config: KubernetesRunnerConfig, dashboard_token: str | None = None) -> RayJobRunner:
         """The runner of ``runner.kubernetes`` in site.yaml, with the pod's service account."""
         api = KubeApi(api_url(config), config.token_file, config.ca_file)
-        return cls(api, namespace_of(config), config.ray_cluster)
+        return cls(api, namespace_of(config), config.ray_cluster, dashboard_token=dashboard_token)
 
     def close(self) -> None:
         self.api.close()
@@ -142,7 +145,7 @@ class RayJobRunner:
 
         url = f"{self._scheme}://{dashboard.removeprefix('http://')}{path}"
         try:
-            resp = httpx.request(method, url, timeout=15.0)
+            resp = httpx.request(method, url, headers=self._headers, timeout=15.0)
         except httpx.HTTPError as exc:
             raise KubernetesApiError(f"{method} {url}", 0, f"Ray dashboard unreachable: {exc}") from None
         if resp.status_code == 404:
