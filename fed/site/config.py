@@ -64,6 +64,18 @@ class TlsFiles(BaseModel):
     ca_cert: str
 
 
+class SyncSettings(BaseModel):
+    """How often a site looks at its running jobs (see docs/sites.md, "Sync modes")."""
+
+    model_config = _MODEL
+    #: poll mode: the scheduler polls its parties, and the parties the scheduler, this often.
+    poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    #: callback mode: the safety poll that catches a lost callback.
+    safety_poll_s: Annotated[float, Field(gt=0)] = 15.0
+    #: How often the site checks its own runs (runner status, timeouts) and its outbox.
+    tick_s: Annotated[float, Field(gt=0)] = 0.5
+
+
 class SiteConfig(BaseModel):
     model_config = _MODEL
     party: str
@@ -73,13 +85,15 @@ class SiteConfig(BaseModel):
     tls: TlsFiles
     federation: Federation
     approval: ApprovalPolicy = ApprovalPolicy()
+    sync: SyncSettings = SyncSettings()
 
     def site_of(self, party: str) -> str | None:
         entry = self.federation.parties.get(party)
         return normal_url(entry.site) if entry else None
 
 
-_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy)
+_FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
+                                  SyncSettings)
            for f in m.model_fields}
 
 
