@@ -87,15 +87,25 @@ class PartyExecutor:
         self._submit(launch)
         return {"party": self.party, "state": _T.STARTING.value}
 
-    def stop(self, job_id: str, task: str | None, reason: str) -> None:
-        """Stop this party's runs of the job (one task, or all) that are still going."""
+    def stop(self, job_id: str, task: str | None, reason: str, attempt: int | None = None) -> None:
+        """Stop this party's runs of the job (one task, or all; one attempt, or any) that are
+        still going or prepared."""
         with self.db.session() as s:
             active = [(pt.task, pt.attempt, pt.submission_id) for pt in runs.party_tasks(s, job_id, task, self.party)
-                      if pt.state in _ACTIVE or (pt.state == _T.WAITING.value and pt.port is not None)]
-        for name, attempt, sid in active:
+                      if (attempt is None or pt.attempt == attempt)
+                      and (pt.state in _ACTIVE or (pt.state == _T.WAITING.value and pt.port is not None))]
+        for name, attempt_now, sid in active:
             if sid is not None:
                 self.runner.stop(sid)
-            self._finish(job_id, name, attempt, _T.CANCELED, reason, sid)
+            self._finish(job_id, name, attempt_now, _T.CANCELED, reason, sid)
+
+    def fail(self, job_id: str, task: str, attempt: int, reason: str) -> None:
+        """This party cannot run the attempt (e.g. a bad start): it ends failed, and says why."""
+        self._set(job_id, task, attempt, _T.FAILED, reason, None)
+
+    def halt(self, submission_id: str) -> None:
+        """Stop one run by its id (the scheduler already recorded why); its log tail is kept."""
+        self.runner.stop(submission_id)
 
     def logs(self, job_id: str, task: str) -> str:
         """This party's log tail of its latest run of ``task`` (kept here after the run ends)."""

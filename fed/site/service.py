@@ -49,9 +49,12 @@ JobStateHook = Callable[[str, str], None]
 class SiteService:
     """One party's site: its database, configuration and calls to the other sites."""
 
-    def __init__(self, config: SiteConfig, db: Database, on_job_state: JobStateHook | None = None) -> None:
+    def __init__(self, config: SiteConfig, db: Database, on_job_state: JobStateHook | None = None,
+                 control: Any = None) -> None:
         self.config, self.db, self.party = config, db, config.party
         self._on_job_state = on_job_state
+        #: Running accepted jobs (fed.site.control.JobControl); None: this site runs nothing.
+        self.control = control
 
     # ---- client API -------------------------------------------------------------------------
     def submit(self, data: Any, actor: str) -> dict[str, Any]:
@@ -112,6 +115,21 @@ class SiteService:
     def pending(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return views.pending_for(s, self.party)
+
+    def stop(self, job_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """Stop a job in every party (through its scheduler), from any party's site."""
+        note = self.running().stop_job(job_id, reason, actor)
+        return {**self.status(job_id), "stop": note}
+
+    def task_logs(self, job_id: str, task: str) -> str:
+        """This party's own log tail of its latest run of ``task`` (partners never get it)."""
+        self.status(job_id)  # NotFoundError for an unknown job
+        return self.running().logs(job_id, task)
+
+    def running(self) -> Any:
+        if self.control is None:
+            raise Conflict(f"the site of {self.party} runs no jobs (it was started without a runner)")
+        return self.control
 
     # ---- interconnect API (caller = the peer's party, from its certificate) -------------------
     def receive_proposal(self, caller: str, job_id: str, data: Any) -> dict[str, Any]:
