@@ -80,7 +80,8 @@ class Scheduler:
                            self._actor)
         rows = runs.party_tasks(s, task.job_id, task.name)
         for pt in rows:
-            pt.attempt = task.attempt
+            if pt.party != self.party:  # this party's own row is its executor's (prepare sets it)
+                pt.attempt = task.attempt
         urls = {p.party: p.site_url for p in store.parties_of(s, task.job_id)}
         return task.name, task.attempt, [(pt.party, urls[pt.party]) for pt in rows]
 
@@ -141,7 +142,8 @@ class Scheduler:
             if (job.state != JobState.RUNNING.value or t is None or pt is None or attempt != t.attempt
                     or t.state == _T.WAITING.value or is_final(Entity.TASK, t.state)):
                 return False
-            if not runs.follow(s, Entity.PARTY_TASK, pt, state, reason, f"party:{party}"):
+            changed = runs.follow(s, Entity.PARTY_TASK, pt, state, reason, f"party:{party}")
+            if not changed and party != self.party:  # this party's row: its executor wrote it
                 return False
             self._settle_task(s, job, t, after)
             self._push_in(s, job, after)
