@@ -143,10 +143,16 @@ def _status(args: argparse.Namespace) -> int:
     from fed.site.core import views
 
     def body(config: Any, db: Any) -> int:
+        from fed.site.core import outbox, runs
+
         with db.session() as s:
             counts = views.count_jobs(s)
+            going = runs.own_active(s, config.party)
+            backlog = outbox.pending_count(s)
         print(f"party {config.party}, site {config.url}, database {db.engine.url.render_as_string(hide_password=True)}")
         print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        print(f"runs of this party going: {len(going)}" + "".join(f"\n  {r}" for r in going))
+        print(f"calls to other sites waiting for delivery: {backlog}")
         return 0
 
     return _with_db(args.dir, body)

@@ -98,6 +98,13 @@ def party_tasks(s: Session, job_id: str, task: str | None = None, party: str | N
     return list(s.scalars(query.order_by(PartyTask.task, PartyTask.party)))
 
 
+def own_active(s: Session, party: str) -> list[str]:
+    """``job/task attempt N: state`` of this party's runs that have not ended."""
+    rows = s.scalars(select(PartyTask).where(PartyTask.party == party,
+                                             PartyTask.state.in_(("starting", "running"))))
+    return [f"{pt.job_id}/{pt.task} attempt {pt.attempt}: {pt.state}" for pt in rows]
+
+
 def party_task_row(pt: PartyTask) -> dict[str, Any]:
     return {"task": pt.task, "party": pt.party, "state": pt.state, "reason": pt.reason, "attempt": pt.attempt}
 
