@@ -112,9 +112,9 @@ class SiteService:
         with self.db.session() as s:
             return views.list_jobs(s, state, limit)
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            return views.pending_for(s, self.party)
+            return views.pending_for(s, self.party, limit)
 
     def stop(self, job_id: str, reason: str, actor: str) -> dict[str, Any]:
         """Stop a job in every party (through its scheduler), from any party's site."""

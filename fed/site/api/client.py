@@ -48,8 +48,8 @@ def client_router(service: SiteService) -> APIRouter:
         return service.list_jobs(state, min(max(limit, 1), 1000))
 
     @r.get("/jobs/pending", summary="Jobs waiting for this party's decision")
-    def pending(_: str = viewer) -> list[dict[str, Any]]:
-        return service.pending()
+    def pending(limit: int = 100, _: str = viewer) -> list[dict[str, Any]]:
+        return service.pending(min(max(limit, 1), 1000))
 
     @r.get("/jobs/{job_id}", summary="A job: parties' decisions, tasks, party tasks, history")
     def status(job_id: str, _: str = viewer) -> dict[str, Any]:

@@ -55,19 +55,28 @@ def list_jobs(s: Session, state: str | None = None, limit: int = 100) -> list[di
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if state:
         query = query.where(Job.state == state)
-    jobs = list(s.scalars(query))
-    return [job_summary(j, parties_of(s, j.id)) for j in jobs]
+    return _summaries(s, list(s.scalars(query)))
 
 
-def pending_for(s: Session, party: str) -> list[dict[str, Any]]:
-    """Jobs awaiting approval in which ``party`` has not decided yet."""
+def _summaries(s: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    """Summaries of many jobs with their parties read in one query (not one per job)."""
+    by_job: dict[str, list[JobParty]] = {j.id: [] for j in jobs}
+    if by_job:
+        rows = s.scalars(select(JobParty).where(JobParty.job_id.in_(by_job)).order_by(JobParty.party))
+        for p in rows:
+            by_job[p.job_id].append(p)
+    return [job_summary(j, by_job[j.id]) for j in jobs]
+
+
+def pending_for(s: Session, party: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Jobs awaiting approval in which ``party`` has not decided yet, oldest first."""
     query = (
         select(Job).join(JobParty, JobParty.job_id == Job.id)
         .where(Job.state == JobState.AWAITING_APPROVAL.value, JobParty.party == party,
                JobParty.approval == ApprovalState.PENDING.value)
-        .order_by(Job.created_at)
+        .order_by(Job.created_at).limit(limit)
     )
-    return [job_summary(j, parties_of(s, j.id)) for j in s.scalars(query)]
+    return _summaries(s, list(s.scalars(query)))
 
 
 def count_jobs(s: Session) -> dict[str, int]:
