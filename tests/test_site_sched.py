@@ -10,10 +10,24 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason='the site extra is not installed (pip install -e ".[site]")')
 
-from fed.site.config import ChannelSpec, Federation, FederationParty, Listen, SiteConfig, SyncSettings, TlsFiles
+from fed.site.config import (
+    ChannelSpec,
+    Federation,
+    FederationParty,
+    Listen,
+    SiteConfig,
+    SyncSettings,
+    TlsFiles,
+)
 from fed.site.control import JobControl
 from fed.site.core import components, outbox, runs, store
-from fed.site.core.combine import combine_job, combine_task, first_cause, ready_tasks, retry_due
+from fed.site.core.combine import (
+    combine_job,
+    combine_task,
+    first_cause,
+    ready_tasks,
+    retry_due,
+)
 from fed.site.core.db import Database
 from fed.site.core.models import OutboxMessage, PartyTask, Task
 from fed.site.core.spec import parse_spec
