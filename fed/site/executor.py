@@ -15,7 +15,6 @@ runner is submitted again (the same id: the runner starts it at most once).
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import re
@@ -103,9 +102,14 @@ class PartyExecutor:
         """This party cannot run the attempt (e.g. a bad start): it ends failed, and says why."""
         self._set(job_id, task, attempt, _T.FAILED, reason, None)
 
-    def halt(self, submission_id: str) -> None:
-        """Stop one run by its id (the scheduler already recorded why); its log tail is kept."""
+    def halt(self, job_id: str, task: str, submission_id: str) -> None:
+        """Stop one run by its id (the scheduler already recorded why) and keep its log tail."""
         self.runner.stop(submission_id)
+        tail = self._tail(submission_id)
+        with self.db.session() as s:
+            pt = s.get(PartyTask, (job_id, task, self.party))
+            if pt is not None and pt.submission_id == submission_id:
+                pt.log_tail = tail
 
     def logs(self, job_id: str, task: str) -> str:
         """This party's log tail of its latest run of ``task`` (kept here after the run ends)."""
@@ -138,7 +142,7 @@ class PartyExecutor:
             self._unknown(job_id, task, attempt, state, sid)
         elif status.state in _RUN_TO_TASK and _RUN_TO_TASK[status.state] is not _T.RUNNING:
             self._finish(job_id, task, attempt, _RUN_TO_TASK[status.state], _run_reason(status), sid)
-        elif timeout_s is not None and started is not None and _age_s(started) > timeout_s:
+        elif timeout_s is not None and started is not None and runs.age_s(started) > timeout_s:
             self.runner.stop(sid)
             self._finish(job_id, task, attempt, _T.TIMEOUT, f"ran longer than its timeout ({timeout_s:g} s)", sid)
         elif status.state is RunState.RUNNING and state != _T.RUNNING.value:
@@ -165,13 +169,13 @@ class PartyExecutor:
         self._report(launch.job_id, launch.task, launch.attempt, _T.STARTING.value, "submitted")
 
     def _finish(self, job_id: str, task: str, attempt: int, state: TaskState, reason: str, sid: str | None) -> None:
-        tail = ""
-        if sid is not None:
-            try:
-                tail = self.runner.logs(sid, LOG_TAIL_BYTES)
-            except Exception as exc:  # noqa: BLE001 - the end state matters more than the log
-                tail = f"(log unavailable: {exc})"
-        self._set(job_id, task, attempt, state, reason, tail)
+        self._set(job_id, task, attempt, state, reason, self._tail(sid) if sid is not None else "")
+
+    def _tail(self, sid: str) -> str:
+        try:
+            return self.runner.logs(sid, LOG_TAIL_BYTES)
+        except Exception as exc:  # noqa: BLE001 - the end state matters more than the log
+            return f"(log unavailable: {exc})"
 
     def _set(self, job_id: str, task: str, attempt: int, state: TaskState, reason: str, tail: str | None) -> None:
         with self.db.session() as s:
@@ -238,8 +242,3 @@ def _stored_addresses(pt: PartyTask) -> dict[str, str]:
 def _run_reason(status: RunStatus) -> str:
     return status.reason or f"the run ended {status.state.value}"
 
-
-def _age_s(started: Any) -> float:
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=datetime.timezone.utc)
-    return (utcnow() - started).total_seconds()

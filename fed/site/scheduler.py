@@ -57,6 +57,7 @@ class Scheduler:
             try:
                 self._advance(job_id)
                 self._poll_if_due(job_id, mode)
+                self._fail_unstarted(job_id)
             except Exception:  # one job's trouble must not stop the others
                 log.exception("site %s: scheduling job %s failed", self.party, job_id)
 
@@ -130,6 +131,19 @@ class Scheduler:
                 self.receive_report(party, job_id, row["task"], row["attempt"], row["state"], row["reason"])
         self._push(job_id)
 
+    def _fail_unstarted(self, job_id: str) -> None:
+        """A task still starting after its timeout: the parties that never started fail it
+        (a site that never came back must not leave the job stuck)."""
+        late = []
+        with self.db.session() as s:
+            for t in runs.tasks_of(s, job_id):
+                if t.state == _T.STARTING.value and runs.age_s(t.updated_at) > t.timeout_s:
+                    late += [(pt.party, t.name, t.attempt) for pt in runs.party_tasks(s, job_id, t.name)
+                             if pt.party != self.party and pt.state in (_T.WAITING.value, _T.STARTING.value)]
+        for party, task, attempt in late:
+            self.receive_report(party, job_id, task, attempt, _T.FAILED.value,
+                                f"party {party!r} did not start attempt {attempt} within the task's timeout")
+
     # ---- reports --------------------------------------------------------------------------------
     def receive_report(self, party: str, job_id: str, task: str, attempt: int, state: str, reason: str) -> bool:
         """A party's run changed: record it, combine, retry or end. Returns whether it
@@ -201,7 +215,7 @@ class Scheduler:
             body = {"attempt": pt.attempt, "reason": reason}
             if pt.party == self.party:  # this party's own run: stopped by id, whatever comes next
                 if pt.submission_id is not None:
-                    after.append(lambda sid=pt.submission_id: self.executor.halt(sid))
+                    after.append(lambda t=pt.task, sid=pt.submission_id: self.executor.halt(job.id, t, sid))
                 runs.release_ports(s, job.id, pt.task)
             else:
                 url = s.get(JobParty, (job.id, pt.party)).site_url
@@ -243,3 +257,4 @@ class Scheduler:
     @property
     def _actor(self) -> str:
         return f"site:{self.party}"
+

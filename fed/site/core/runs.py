@@ -7,6 +7,7 @@ path to the reported state, recording each step: the tables are never bypassed.
 """
 from __future__ import annotations
 
+import datetime
 import random
 from collections import deque
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from fed.site.core.models import ChannelPort, Job, PartyTask, Task
+from fed.site.core.models import ChannelPort, Job, PartyTask, Task, utcnow
 from fed.site.core.states import TRANSITIONS, Entity
 from fed.site.core.store import Record, change_state
 from fed.site.errors import SiteConfigError
@@ -118,3 +119,10 @@ def snapshot(s: Session, job: Job) -> dict[str, Any]:
                   for t in tasks_of(s, job.id)],
         "party_tasks": [party_task_row(pt) for pt in party_tasks(s, job.id)],
     }
+
+
+def age_s(ts: datetime.datetime) -> float:
+    """Seconds since ``ts`` (SQLite returns naive datetimes; they are UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.timezone.utc)
+    return (utcnow() - ts).total_seconds()
