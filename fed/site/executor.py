@@ -87,12 +87,12 @@ class PartyExecutor:
         return {"party": self.party, "state": _T.STARTING.value}
 
     def stop(self, job_id: str, task: str | None, reason: str, attempt: int | None = None) -> None:
-        """Stop this party's runs of the job (one task, or all; one attempt, or any) that are
-        still going or prepared."""
+        """Stop this party's runs of the job (one task, or all; one attempt, or any) that
+        have not ended; a party task not started yet is canceled."""
         with self.db.session() as s:
-            active = [(pt.task, pt.attempt, pt.submission_id) for pt in runs.party_tasks(s, job_id, task, self.party)
-                      if (attempt is None or pt.attempt == attempt)
-                      and (pt.state in _ACTIVE or (pt.state == _T.WAITING.value and pt.port is not None))]
+            active = [(pt.task, pt.attempt, pt.submission_id if pt.state in _ACTIVE else None)
+                      for pt in runs.party_tasks(s, job_id, task, self.party)
+                      if (attempt is None or pt.attempt == attempt) and (pt.state in (_T.WAITING.value, *_ACTIVE))]
         for name, attempt_now, sid in active:
             if sid is not None:
                 self.runner.stop(sid)

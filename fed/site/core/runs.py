@@ -69,7 +69,8 @@ def allocate_port(s: Session, ports: str, job_id: str, task: str, attempt: int) 
     s.execute(delete(ChannelPort).where(ChannelPort.job_id == job_id, ChannelPort.task == task))
     used = set(s.scalars(select(ChannelPort.port)))
     old = {row.port for row in held}  # an older attempt's run may still be exiting
-    free = [p for p in port_range(ports) if p not in used and p not in old]
+    free = [p for p in port_range(ports) if p not in used]
+    free = [p for p in free if p not in old] or free
     if not free:
         raise SiteConfigError(f"every channel port of the range {ports} is in use by other tasks; "
                               "widen `channel.ports` of this party in federation.yaml")

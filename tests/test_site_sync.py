@@ -1,0 +1,255 @@
+"""Four real sites (alice, bob, carol hold data; dave holds none) over HTTPS with mutual
+TLS on loopback, each with its own SQLite database and worker thread, serving in this
+process so each site's runner can be a scripted one: the scheduler, the executors and
+the sync between sites are real; only the runs themselves are scripted (the three-site
+tests over real Ray clusters are in test_site_run.py).
+
+Scripted runs succeed after a few looks, unless the task's params say otherwise:
+``fail: [party, ...]`` fails that party's run, ``hang: true`` keeps every run going
+until it is stopped.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason='the site extra is not installed (pip install -e ".[site]")')
+
+from sitekit import fed_cli
+
+from fed.site.client import SiteClient
+from fed.site.config import load_site
+from fed.site.core.models import ChannelPort
+from fed.site.runner.base import RunState, RunStatus, TaskLaunch
+from fed.site.server import _Server, open_site, uvicorn_config
+
+PARTIES = ("alice", "bob", "carol", "dave")
+DATA = ("alice", "bob", "carol")
+FINAL = ("succeeded", "failed", "rejected", "canceled", "timeout")
+
+
+class AutoRunner:
+    """Runs that end by the task's params after a few status looks (never twice per id)."""
+
+    def __init__(self) -> None:
+        self.launches: dict[str, TaskLaunch] = {}
+        self.looks: dict[str, int] = {}
+        self.stopped: set[str] = set()
+        self.submits: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, launch: TaskLaunch) -> None:
+        with self._lock:
+            if launch.submission_id not in self.launches:
+                self.launches[launch.submission_id] = launch
+                self.submits[launch.submission_id] = 1
+
+    def status(self, sid: str) -> RunStatus:
+        with self._lock:
+            launch = self.launches.get(sid)
+            if launch is None:
+                return RunStatus(RunState.UNKNOWN)
+            if sid in self.stopped:
+                return RunStatus(RunState.STOPPED, "stopped on request")
+            self.looks[sid] = self.looks.get(sid, 0) + 1
+            if self.looks[sid] < 3 or launch.params.get("hang"):
+                return RunStatus(RunState.RUNNING)
+            if launch.party in launch.params.get("fail", []):
+                return RunStatus(RunState.FAILED, "exit code 3")
+            return RunStatus(RunState.SUCCEEDED)
+
+    def stop(self, sid: str) -> None:
+        with self._lock:
+            if sid in self.launches:
+                self.stopped.add(sid)
+
+    def logs(self, sid: str, max_bytes: int = 65536) -> str:
+        return f"{sid}: hello from the component\n"[-max_bytes:]
+
+
+class Site:
+    def __init__(self, site_dir: Path) -> None:
+        config = load_site(site_dir)
+        self.runner = AutoRunner()
+        self.service = open_site(config, self.runner, site_dir / "runs")
+        self.server = _Server(uvicorn_config(self.service), None)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.service.control.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "site did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.service.control.stop()
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.service.db.close()
+
+    def ports_held(self) -> int:
+        with self.service.db.session() as s:
+            return s.query(ChannelPort).count()
+
+
+def _ok(*args: str) -> str:
+    proc = fed_cli(*args)
+    assert proc.returncode == 0, f"fed {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def fed4(tmp_path_factory):
+    from fed.cli.ports import PortLease
+
+    root = tmp_path_factory.mktemp("sync")
+    lease = PortLease()
+    ports = lease.reserve(8)
+    urls = {p: f"https://127.0.0.1:{ports[i]}" for i, p in enumerate(PARTIES)}
+    _ok("certs", "--parties", ",".join(PARTIES), "--out", str(root / "certs"))
+    fed_file = root / "federation.yaml"
+    fed_file.write_text(json.dumps({"parties": {
+        p: {"site": urls[p], "channel": {"host": "127.0.0.1", "ports": f"{ports[4 + i]}-{ports[4 + i]}"}}
+        for i, p in enumerate(PARTIES)}}))
+    tokens = {}
+    for p in PARTIES:
+        site = str(root / p)
+        _ok("site", "init", site, "--party", p, "--federation", str(fed_file), "--certs", str(root / "certs"),
+            "--auto-accept-initiators", "alice", "--auto-accept-components", "work")
+        (root / p / "site.yaml").write_text((root / p / "site.yaml").read_text()
+                                            + "sync: {poll_interval_s: 0.3, safety_poll_s: 2.0, tick_s: 0.1}\n")
+        _ok("site", "component", "add", site, "work", "--entrypoint", f"demo_{p}.work:run", "--version", "1")
+        tokens[p] = _ok("site", "token", "create", site, "--role", "admin").strip()
+    lease.release()
+    sites = {p: Site(root / p) for p in PARTIES}
+    try:
+        for site in sites.values():
+            site.start()
+        yield root, urls, tokens, sites
+    finally:
+        for site in sites.values():
+            site.stop()
+
+
+def _client(fed4, party: str) -> SiteClient:
+    root, urls, tokens, _ = fed4
+    return SiteClient(urls[party], tokens[party], str(root / "certs" / "ca.crt"))
+
+
+def _spec(fed4, mode: str, params: dict | None = None, scheduler: str = "alice", retries: int = 0) -> dict:
+    _, urls, _, _ = fed4
+    parties = [{"name": p, "site": urls[p]} for p in DATA]
+    if scheduler == "dave":
+        parties.append({"name": "dave", "site": urls["dave"], "holds_data": False})
+    return {"initiator": "alice", "scheduler": scheduler, "sync_mode": mode, "parties": parties,
+            "tasks": [{"name": "stats", "component": "work", "version": "1", "params": params or {},
+                       "retries": retries},
+                      {"name": "train", "component": "work", "version": "1", "deps": ["stats"]}]}
+
+
+def _everywhere(fed4, job_id: str, parties=DATA, timeout: float = 60) -> dict[str, dict]:
+    """Each party's view once the job ended at every party and no port is held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = {}
+        for p in parties:
+            with _client(fed4, p) as c:
+                views[p] = c.job(job_id)
+        held = sum(fed4[3][p].ports_held() for p in parties)
+        settled = all(all(pt["state"] in FINAL for t in v["tasks"] for pt in t["parties"]) for v in views.values())
+        if all(v["state"] in FINAL for v in views.values()) and settled and held == 0:
+            return views
+        assert time.monotonic() < deadline, json.dumps({p: _brief(v) for p, v in views.items()}, indent=1)
+        time.sleep(0.2)
+
+
+def _brief(view: dict) -> dict:
+    return {"state": view["state"], "reason": view["reason"],
+            "tasks": {t["name"]: [t["state"], {pt["party"]: pt["state"] for pt in t["parties"]}]
+                      for t in view["tasks"]}}
+
+
+@pytest.mark.parametrize("mode", ["callback", "poll"])
+def test_job_runs_to_success_in_both_sync_modes(fed4, mode):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, mode, {"bins": 4}))
+    views = _everywhere(fed4, job["id"])
+    for party, view in views.items():
+        assert _brief(view) == {"state": "succeeded", "reason": "every task succeeded", "tasks": {
+            t: ["succeeded", dict.fromkeys(DATA, "succeeded")] for t in ("stats", "train")}}, party
+    sites = fed4[3]
+    for party in DATA:  # each party ran each task once, from its own registry
+        launches = sites[party].runner.launches
+        mine = {sid: la for sid, la in launches.items() if la.job_id == job["id"]}
+        assert sorted(mine) == [f"rayfed-{job['id']}-stats-1", f"rayfed-{job['id']}-train-1"]
+        stats = mine[f"rayfed-{job['id']}-stats-1"]
+        assert stats.entrypoint == f"demo_{party}.work:run" and stats.params == {"bins": 4}
+        assert set(stats.addresses) == set(DATA)
+        with _client(fed4, party) as c:
+            assert "hello from the component" in c.logs(job["id"], "stats")
+
+
+def test_a_failing_task_fails_the_job_everywhere_after_its_retries(fed4):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, "callback", {"fail": ["carol"]}, retries=1))
+    views = _everywhere(fed4, job["id"])
+    for party, view in views.items():
+        assert view["state"] == "failed", (party, _brief(view))
+        assert "attempt 2: failed at party 'carol': exit code 3" in view["reason"], party
+        tasks = {t["name"]: t for t in view["tasks"]}
+        assert tasks["stats"]["state"] == "failed" and tasks["stats"]["attempt"] == 2
+        assert tasks["train"]["state"] == "canceled"
+    carol = fed4[3]["carol"].runner
+    assert [sid for sid in carol.submits if job["id"] in sid] == [
+        f"rayfed-{job['id']}-stats-1", f"rayfed-{job['id']}-stats-2"]
+
+
+def test_stop_from_a_party_that_is_not_the_scheduler(fed4):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, "callback", {"hang": True}))
+    sid = f"rayfed-{job['id']}-stats-1"
+    deadline = time.monotonic() + 30
+    while not all(sid in fed4[3][p].runner.launches for p in DATA):
+        assert time.monotonic() < deadline, "the runs did not start"
+        time.sleep(0.1)
+    with _client(fed4, "carol") as carol:
+        carol.stop(job["id"], "wrong data")
+    views = _everywhere(fed4, job["id"])
+    for party, view in views.items():
+        assert view["state"] == "canceled" and "wrong data" in view["reason"], (party, _brief(view))
+        assert sid in fed4[3][party].runner.stopped, party
+
+
+def test_third_party_scheduler_runs_no_task(fed4):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, "poll", scheduler="dave"))
+    views = _everywhere(fed4, job["id"], parties=PARTIES)
+    for party, view in views.items():
+        assert view["state"] == "succeeded", (party, _brief(view))
+    assert not [sid for sid in fed4[3]["dave"].runner.launches if job["id"] in sid]
+
+
+def test_run_calls_are_refused_to_the_wrong_party(fed4):
+    from fed.site.config import TlsFiles
+    from fed.site.errors import PeerSiteError
+    from fed.site.peers import PeerClient
+
+    root, urls, _, _ = fed4
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, "callback"))
+    _everywhere(fed4, job["id"])
+    certs = root / "certs"
+    tls = TlsFiles(cert=str(certs / "bob.crt"), key=str(certs / "bob.key"), ca_cert=str(certs / "ca.crt"))
+    with PeerClient(tls, PARTIES, "carol", urls["carol"]) as as_bob:
+        for path, body in (("tasks/stats/prepare", {"attempt": 9}), ("sync", {"job": {}, "tasks": [], "party_tasks": []})):
+            with pytest.raises(PeerSiteError, match="403.*only the scheduler"):
+                as_bob.call("POST", f"/v1/interconnect/jobs/{job['id']}/{path}", body)
+        with pytest.raises(PeerSiteError, match="409.*not the scheduler"):
+            as_bob.call("POST", f"/v1/interconnect/jobs/{job['id']}/report",
+                        {"task": "stats", "attempt": 1, "state": "failed"})
