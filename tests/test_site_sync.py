@@ -1,5 +1,5 @@
 """Four real sites (alice, bob, carol hold data; dave holds none) over HTTPS with mutual
-TLS on loopback, each with its own SQLite database and worker thread, serving in this
+TLS on loopback, each with its own database (SQLite, or PostgreSQL) and worker thread, serving in this
 process so each site's runner can be a scripted one: the scheduler, the executors and
 the sync between sites are real; only the runs themselves are scripted (the three-site
 tests over real Ray clusters are in test_site_run.py).
@@ -104,11 +104,12 @@ def _ok(*args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def fed4(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def fed4(request, tmp_path_factory):
     from fed.cli.ports import PortLease
 
-    root = tmp_path_factory.mktemp("sync")
+    root = tmp_path_factory.mktemp(f"sync-{request.param}")
+    server = request.getfixturevalue("postgres") if request.param == "postgres" else None
     lease = PortLease()
     ports = lease.reserve(8)
     urls = {p: f"https://127.0.0.1:{ports[i]}" for i, p in enumerate(PARTIES)}
@@ -120,8 +121,9 @@ def fed4(tmp_path_factory):
     tokens = {}
     for p in PARTIES:
         site = str(root / p)
+        db = ["--database", server.new_database()] if server else []
         _ok("site", "init", site, "--party", p, "--federation", str(fed_file), "--certs", str(root / "certs"),
-            "--auto-accept-initiators", "alice", "--auto-accept-components", "work")
+            "--auto-accept-initiators", "alice", "--auto-accept-components", "work", *db)
         (root / p / "site.yaml").write_text((root / p / "site.yaml").read_text()
                                             + "sync: {poll_interval_s: 0.3, safety_poll_s: 2.0, tick_s: 0.1}\n")
         _ok("site", "component", "add", site, "work", "--entrypoint", f"demo_{p}.work:run", "--version", "1")
