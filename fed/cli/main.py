@@ -20,7 +20,7 @@ from fed.cli import EXIT_USAGE, UsageError
 #: ``fed site`` and ``fed job`` live with the site (fed/site): their modules import only
 #: argparse at start, and load the site extra when one of their commands runs.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "fed.cli.run", "fed.cli.certs", "fed.cli.audit", "fed.site.cli", "fed.site.jobcli",
+    "fed.cli.run", "fed.cli.certs", "fed.cli.audit", "fed.site.cli", "fed.site.jobcli", "fed.deploy.cli",
 )
 
 _DESCRIPTION = """\
@@ -42,6 +42,7 @@ examples:
   fed audit alice-egress.jsonl --summary
   fed site init ./alice-site --party alice --federation federation.yaml --certs ./certs
   fed job submit job.yaml --site ./alice-site
+  fed deploy render --party alice --federation federation.yaml --values values.yaml -o out/alice
 
 Run `fed COMMAND --help` for the options of a command.
 """

@@ -7,7 +7,7 @@ error names the file and the field, e.g. ``site.yaml: tls.cert: no such file``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -76,6 +76,36 @@ class SyncSettings(BaseModel):
     tick_s: Annotated[float, Field(gt=0)] = 0.5
 
 
+#: Where a pod finds its Kubernetes service account (token, CA bundle, namespace).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class KubernetesRunnerConfig(BaseModel):
+    """How a site inside Kubernetes runs tasks: as RayJobs on the party's RayCluster,
+    through the API server with the pod's service account (fed/site/runner/kubernetes.py)."""
+
+    model_config = _MODEL
+    ray_cluster: str
+    #: Default: the service account's namespace (``namespace_file``).
+    namespace: str | None = None
+    #: Default: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``.
+    api_url: str | None = None
+    token_file: str = f"{SERVICE_ACCOUNT_DIR}/token"
+    ca_file: str = f"{SERVICE_ACCOUNT_DIR}/ca.crt"
+    namespace_file: str = f"{SERVICE_ACCOUNT_DIR}/namespace"
+
+
+class RunnerConfig(BaseModel):
+    """What runs this party's tasks: the party's Ray cluster through Ray's Job Submission
+    API (``local``) or RayJobs in Kubernetes (``kubernetes``, with its subsection)."""
+
+    model_config = _MODEL
+    kind: Literal["local", "kubernetes"] = "local"
+    ray_address: str | None = None
+    workdir: str | None = None
+    kubernetes: KubernetesRunnerConfig | None = None
+
+
 class SiteConfig(BaseModel):
     model_config = _MODEL
     party: str
@@ -86,6 +116,7 @@ class SiteConfig(BaseModel):
     federation: Federation
     approval: ApprovalPolicy = ApprovalPolicy()
     sync: SyncSettings = SyncSettings()
+    runner: RunnerConfig = RunnerConfig()
 
     def site_of(self, party: str) -> str | None:
         entry = self.federation.parties.get(party)
@@ -93,8 +124,7 @@ class SiteConfig(BaseModel):
 
 
 _FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
-                                  SyncSettings)
-           for f in m.model_fields}
+                       RunnerConfig, KubernetesRunnerConfig, SyncSettings) for f in m.model_fields}
 
 
 def _fail(source: str, problems: list[tuple[str, str]]) -> SiteConfigError:
@@ -153,6 +183,8 @@ def load_site(site_dir: Path) -> SiteConfig:
     problems = federation_problems(config.federation) + _tls_problems(config.tls, config.party, "tls")
     if config.party not in config.federation.parties:
         problems.append(("party", f"{config.party!r} is not a party of the federation"))
+    if config.runner.kind == "kubernetes" and config.runner.kubernetes is None:
+        problems.append(("runner.kubernetes", "kind 'kubernetes' needs this subsection (at least `ray_cluster: NAME`)"))
     if problems:
         raise _fail(str(path), problems)
     return config

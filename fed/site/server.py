@@ -100,12 +100,17 @@ def serve(site_dir: Path, log_level: str = "warning", on_ready: Callable[[SiteCo
 
 
 def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, Path]:
-    """The runner of this site's party tasks, from site.yaml's ``runner`` section (none:
-    the site approves jobs but runs no task), and the directory for task outputs."""
-    section = getattr(config, "runner", None)
-    if section is None:
-        return None, site_dir / "runs"
+    """The runner of this site's party tasks, from site.yaml's ``runner`` section, and the
+    directory for task outputs. No runner (a local runner without ``ray_address``): the
+    site approves jobs but runs none."""
+    section = config.runner
+    workdir = Path(section.workdir) if section.workdir else Path(site_dir).resolve() / "runs"
+    if section.kind == "kubernetes" and section.kubernetes is not None:
+        from fed.site.runner.kubernetes import RayJobRunner
+
+        return RayJobRunner.from_config(section.kubernetes), workdir
+    if section.ray_address is None:
+        return None, workdir
     from fed.site.runner.ray_jobs import RayJobsRunner
 
-    workdir = Path(section.workdir) if getattr(section, "workdir", None) else site_dir / "runs"
     return RayJobsRunner(section.ray_address), workdir

@@ -68,6 +68,8 @@ class TaskContext:
         }
         if self.launch.tls:
             kwargs["tls_config"] = dict(self.launch.tls)
+        if self.launch.listen_all_interfaces:
+            kwargs["config"] = {"cross_silo_comm": {"listen_all_interfaces": True}}
         return kwargs
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:

@@ -45,6 +45,10 @@ class TaskLaunch:
     #: This party's TLS files for the channel (``cert``, ``key``, ``ca_cert``), as paths the
     #: task's process can read; None runs the channel without TLS (tests only).
     tls: dict[str, str] | None = None
+    #: Bind this party's channel on every interface of its node rather than on its own
+    #: address: behind a Kubernetes Service the address peers dial is not the pod's (set
+    #: by the Kubernetes runner; the party's NetworkPolicy decides who reaches the port).
+    listen_all_interfaces: bool = False
 
     @property
     def submission_id(self) -> str:
