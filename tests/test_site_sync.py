@@ -72,9 +72,10 @@ class AutoRunner:
 
 
 class Site:
-    def __init__(self, site_dir: Path) -> None:
+    def __init__(self, site_dir: Path, runner: AutoRunner | None = None) -> None:
         config = load_site(site_dir)
-        self.runner = AutoRunner()
+        self.dir = site_dir
+        self.runner = runner or AutoRunner()
         self.service = open_site(config, self.runner, site_dir / "runs")
         self.server = _Server(uvicorn_config(self.service), None)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -88,6 +89,8 @@ class Site:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
         self.service.control.stop()
         self.server.should_exit = True
         self.thread.join(30)
@@ -255,3 +258,46 @@ def test_run_calls_are_refused_to_the_wrong_party(fed4):
         with pytest.raises(PeerSiteError, match="409.*not the scheduler"):
             as_bob.call("POST", f"/v1/interconnect/jobs/{job['id']}/report",
                         {"task": "stats", "attempt": 1, "state": "failed"})
+
+
+def _wait_launched(fed4, sid: str, parties=DATA) -> None:
+    deadline = time.monotonic() + 30
+    while not all(sid in fed4[3][p].runner.launches for p in parties):
+        assert time.monotonic() < deadline, f"{sid} did not start at every party"
+        time.sleep(0.05)
+
+
+def _restart(fed4, party: str, runner: AutoRunner | None, down_s: float) -> None:
+    """Take the party's site down (its database keeps what it committed, as after a
+    SIGKILL), wait, and start it again over the same directory."""
+    sites = fed4[3]
+    old = sites[party]
+    old.stop()
+    time.sleep(down_s)
+    sites[party] = Site(old.dir, runner)
+    sites[party].start()
+
+
+@pytest.mark.parametrize("mode", ["callback", "poll"])
+def test_a_site_restarted_mid_job_reattaches_and_nothing_runs_twice(fed4, mode):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, mode))
+    sid = f"rayfed-{job['id']}-stats-1"
+    _wait_launched(fed4, sid)
+    _restart(fed4, "bob", fed4[3]["bob"].runner, down_s=1.0)  # its Ray cluster kept running
+    views = _everywhere(fed4, job["id"])
+    for party, view in views.items():
+        assert view["state"] == "succeeded", (party, _brief(view))
+        assert fed4[3][party].runner.submits[sid] == 1, party
+
+
+def test_a_site_whose_runs_were_lost_fails_the_job_with_the_reason(fed4):
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(_spec(fed4, "callback"))
+    sid = f"rayfed-{job['id']}-stats-1"
+    _wait_launched(fed4, sid)
+    _restart(fed4, "carol", AutoRunner(), down_s=0.2)  # a new cluster: the run is gone
+    views = _everywhere(fed4, job["id"])
+    for party, view in views.items():
+        assert view["state"] == "failed", (party, _brief(view))
+        assert "at party 'carol': lost: the runner has no record" in view["reason"], party
