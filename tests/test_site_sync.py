@@ -301,3 +301,21 @@ def test_a_site_whose_runs_were_lost_fails_the_job_with_the_reason(fed4):
     for party, view in views.items():
         assert view["state"] == "failed", (party, _brief(view))
         assert "at party 'carol': lost: the runner has no record" in view["reason"], party
+
+
+def test_cli_submit_wait_follows_to_the_end_and_exits_by_the_outcome(fed4):
+    root, _, tokens, _ = fed4
+    conn = ["--site", str(root / "alice"), "--token", tokens["alice"]]
+    spec_file = root / "job-ok.json"
+    spec_file.write_text(json.dumps(_spec(fed4, "callback")))
+    ok = fed_cli("job", "submit", str(spec_file), "--wait", "--interval", "0.2", *conn, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "stats:alice=succeeded,bob=succeeded,carol=succeeded" in ok.stdout
+    job_id = ok.stdout.split()[1]
+    logs = fed_cli("job", "logs", job_id, "train", *conn)
+    assert logs.returncode == 0 and f"rayfed-{job_id}-train-1: hello" in logs.stdout
+    spec_file.write_text(json.dumps(_spec(fed4, "poll", {"fail": ["bob"]})))
+    bad = fed_cli("job", "submit", str(spec_file), "--wait", "--interval", "0.2", *conn, timeout=120)
+    assert bad.returncode == 1 and "failed at party 'bob': exit code 3" in bad.stderr, bad.stdout + bad.stderr
+    status = fed_cli("site", "status", str(root / "bob"))
+    assert status.returncode == 0 and "calls to other sites waiting for delivery" in status.stdout
