@@ -129,7 +129,8 @@ def fed4(request, tmp_path_factory):
             "--auto-accept-initiators", "alice", "--auto-accept-components", "work", *db)
         (root / p / "site.yaml").write_text((root / p / "site.yaml").read_text()
                                             + "sync: {poll_interval_s: 0.3, safety_poll_s: 2.0, tick_s: 0.1}\n")
-        _ok("site", "component", "add", site, "work", "--entrypoint", f"demo_{p}.work:run", "--version", "1")
+        for comp in ("work", "held"):  # "held" is not auto-accepted: it waits for a person
+            _ok("site", "component", "add", site, comp, "--entrypoint", f"demo_{p}.{comp}:run", "--version", "1")
         tokens[p] = _ok("site", "token", "create", site, "--role", "admin").strip()
     lease.release()
     sites = {p: Site(root / p) for p in PARTIES}
@@ -319,3 +320,22 @@ def test_cli_submit_wait_follows_to_the_end_and_exits_by_the_outcome(fed4):
     assert bad.returncode == 1 and "failed at party 'bob': exit code 3" in bad.stderr, bad.stdout + bad.stderr
     status = fed_cli("site", "status", str(root / "bob"))
     assert status.returncode == 0 and "calls to other sites waiting for delivery" in status.stdout
+
+
+def test_a_party_runs_nothing_of_a_job_it_has_not_accepted(fed4):
+    from fed.site.config import TlsFiles
+    from fed.site.errors import PeerSiteError
+    from fed.site.peers import PeerClient
+
+    root, urls, _, _ = fed4
+    spec = _spec(fed4, "callback")
+    spec["tasks"] = [{"name": "stats", "component": "held", "version": "1"}]
+    with _client(fed4, "alice") as alice:
+        job = alice.submit(spec)
+    certs = root / "certs"
+    tls = TlsFiles(cert=str(certs / "alice.crt"), key=str(certs / "alice.key"), ca_cert=str(certs / "ca.crt"))
+    with PeerClient(tls, PARTIES, "bob", urls["bob"]) as as_scheduler, \
+            pytest.raises(PeerSiteError, match="409.*has not accepted job"):
+        as_scheduler.call("POST", f"/v1/interconnect/jobs/{job['id']}/tasks/stats/prepare", {"attempt": 1})
+    with _client(fed4, "bob") as bob:
+        bob.decide(job["id"], False, "not now")

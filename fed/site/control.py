@@ -23,7 +23,7 @@ from fed.site.core import outbox, runs, store
 from fed.site.core.db import Database
 from fed.site.core.models import Job
 from fed.site.core.spec import spec_from_json
-from fed.site.core.states import JobState
+from fed.site.core.states import ApprovalState, Entity, JobState, is_final
 from fed.site.errors import AccessDenied, Conflict, NotFoundError, SiteError
 from fed.site.executor import PartyExecutor
 from fed.site.follower import Follower
@@ -117,10 +117,12 @@ class JobControl:
     # ---- interconnect (caller = the peer's party) -------------------------------------------------
     def prepare(self, caller: str, job_id: str, task: str, attempt: int) -> dict[str, Any]:
         self._check(caller, job_id, scheduler_only=True)
+        self._check_approved(job_id)
         return self.executor.prepare(job_id, task, attempt)
 
     def start_run(self, caller: str, job_id: str, task: str, attempt: int, addresses: dict[str, str]) -> dict[str, Any]:
         self._check(caller, job_id, scheduler_only=True)
+        self._check_approved(job_id)
         try:
             return self.executor.start(job_id, task, attempt, addresses)
         except SiteError as exc:  # the scheduler learns it from the run's state
@@ -168,6 +170,18 @@ class JobControl:
             raise AccessDenied(f"only the scheduler {spec.scheduler_party!r} of job {job_id} may do this")
         if at_scheduler and self.party != spec.scheduler_party:
             raise Conflict(f"{self.party} is not the scheduler of job {job_id} (ask {spec.scheduler_party!r})")
+
+    def _check_approved(self, job_id: str) -> None:
+        """This party runs a job only if it accepted it itself, and only while it is live."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            mine = store.job_party(s, job_id, self.party)
+            approval, state = (mine.approval if mine else None), job.state
+        if approval != ApprovalState.ACCEPTED.value:
+            raise Conflict(f"party {self.party!r} has not accepted job {job_id} (its decision: {approval}); "
+                           "it runs nothing of it")
+        if is_final(Entity.JOB, state):
+            raise Conflict(f"job {job_id} is {state} at {self.party}'s site: nothing more runs")
 
     def _scheduler_of(self, job_id: str) -> tuple[str, str]:
         with self.db.session() as s:
