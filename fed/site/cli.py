@@ -84,7 +84,7 @@ def _start(args: argparse.Namespace) -> int:
     from fed.site.server import serve
 
     def ready(config: Any) -> None:
-        print(f"site of party {config.party} serving {config.url}", flush=True)
+        print(f"site of party {config.party} serving {config.url} (board: {config.url}/board/)", flush=True)
 
     serve(Path(args.dir), args.log_level, ready)
     return 0

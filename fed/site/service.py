@@ -122,11 +122,15 @@ class SiteService:
         return {**self.status(job_id), "stop": note}
 
     def task_logs(self, job_id: str, task: str) -> str:
-        """This party's own log tail of its latest run of ``task`` (partners never get it)."""
+        """This party's own log tail of its latest run of ``task`` (never a partner's);
+        empty before the run wrote any, or at a site that runs no jobs."""
         self.status(job_id)  # NotFoundError for an unknown job
-        return self.running().logs(job_id, task)
+        if self.control is None:
+            return ""
+        return self.control.logs(job_id, task)
 
     def running(self) -> Any:
+        """The site's JobControl; Conflict if the site was started without a runner."""
         if self.control is None:
             raise Conflict(f"the site of {self.party} runs no jobs (it was started without a runner)")
         return self.control

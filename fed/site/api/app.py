@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fed.site.api.auth import bearer
 from fed.site.api.client import client_router
 from fed.site.api.interconnect import interconnect_router
+from fed.site.board.routes import install_board
 from fed.site.core.tokens import Role
 from fed.site.errors import (
     AccessDenied,
@@ -49,6 +50,7 @@ def create_app(service: SiteService) -> FastAPI:
     app.include_router(client_router(service))
     app.include_router(interconnect_router(service))
     app.add_exception_handler(SiteError, _error_response)
+    install_board(app, service)
 
     @app.get("/v1/openapi.json", tags=["client"], summary="This API's OpenAPI document")
     def openapi(_: str = Depends(bearer(service.db, Role.VIEWER))) -> dict[str, Any]:

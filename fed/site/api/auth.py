@@ -1,7 +1,10 @@
 """Who is calling: a client's bearer token and role, or a peer site's party.
 
 * Client API: ``Authorization: Bearer <token>``; a missing or unknown token is 401,
-  a token whose role is too low is 403. The caller is named ``token:<name>``.
+  a token whose role is too low is 403. The caller is named ``token:<name>``. A GET
+  without the header may instead carry a board session cookie (fed.site.board), so
+  the board's pages read the API (the metrics chart) with the logged-in token's role;
+  anything that changes state needs the header (or a board form with its CSRF value).
 * Interconnect API: the TLS client certificate, verified by the handshake against
   the federation's CA, must name exactly one party with its URI SAN
   ``rayfed://party/<name>`` (as the channel reads it, fed.certnames); no certificate
@@ -18,6 +21,7 @@ from fastapi import HTTPException, Request
 
 from fed.certnames import read_names
 from fed.names import PARTY_URI_PREFIX
+from fed.site.board.sessions import STATE_KEY
 from fed.site.core.db import Database
 from fed.site.core.tokens import Role, authenticate
 
@@ -30,6 +34,10 @@ def bearer(db: Database, needed: Role) -> Callable[[Request], str]:
 
     def check(request: Request) -> str:
         header = request.headers.get("authorization", "")
+        if not header and request.method in ("GET", "HEAD"):
+            session = _board_session(db, request)
+            if session is not None:
+                return _admit(*session, needed)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "this API needs a token: send 'Authorization: Bearer <token>' "
@@ -40,11 +48,26 @@ def bearer(db: Database, needed: Role) -> Callable[[Request], str]:
             name, role = (record.name, Role(record.role)) if record else (None, None)
         if role is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        if not role.allows(needed):
-            raise HTTPException(403, f"token {name!r} has role {role.value!r}; this needs {needed.value!r}")
-        return f"token:{name}"
+        return _admit(name, role, needed)
 
     return check
+
+
+def _admit(name: str, role: Role, needed: Role) -> str:
+    if not role.allows(needed):
+        raise HTTPException(403, f"token {name!r} has role {role.value!r}; this needs {needed.value!r}")
+    return f"token:{name}"
+
+
+def _board_session(db: Database, request: Request) -> tuple[str, Role] | None:
+    """The token name and role of a valid board session cookie on this request, if any."""
+    signer = getattr(request.app.state, STATE_KEY, None)
+    cookie = request.cookies.get(signer.cookie) if signer is not None else None
+    if signer is None or not cookie:
+        return None
+    with db.session() as s:
+        user = signer.user(s, cookie)
+    return (user.name, user.role) if user else None
 
 
 def client_certificate(scope: dict[str, Any]) -> bytes | None:
