@@ -52,7 +52,7 @@ Weights = dict[str, np.ndarray]
 
 # --------------------------------------------------------------------------- data
 
-def split_rows(n_rows: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def split_rows(n_rows: int, n_parties: int = len(PARTIES)) -> tuple[np.ndarray, list[np.ndarray]]:
     """Row indices of the shared test split and of one disjoint training shard per party.
 
     Every party computes the same split from the same seed; the indices say which
@@ -60,7 +60,7 @@ def split_rows(n_rows: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """
     order = np.random.default_rng(SEED).permutation(n_rows)
     n_test = round(TEST_FRACTION * n_rows)
-    return order[:n_test], np.array_split(order[n_test:], len(PARTIES))
+    return order[:n_test], np.array_split(order[n_test:], n_parties)
 
 
 def load_all() -> tuple[np.ndarray, np.ndarray]:

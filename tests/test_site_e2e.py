@@ -209,7 +209,7 @@ def test_client_api_refuses_missing_tokens_and_low_roles(fed3):
     assert "/v1/interconnect/jobs/{job_id}/propose" in doc["paths"] and "/v1/jobs" in doc["paths"]
     with fed3.client("alice", "admin") as admin:
         admin.request("POST", "/v1/components", new)
-        assert new in admin.request("GET", "/v1/components")
+        assert {**new, "share_metrics": False} in admin.request("GET", "/v1/components")
         with pytest.raises(SiteRequestError, match="package.module:function") as info:
             admin.request("POST", "/v1/components", {**new, "version": "10", "entrypoint": "rm -rf"})
         assert info.value.status == 422

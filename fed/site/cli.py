@@ -46,17 +46,25 @@ def _tls_files(args: argparse.Namespace) -> Any:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from fed.site.config import build_site_config, load_federation, write_site
+    from fed.site.config import (
+        RunnerConfig,
+        build_site_config,
+        load_federation,
+        write_site,
+    )
     from fed.site.core.policy import ApprovalPolicy
 
     federation = load_federation(Path(args.federation))
     policy = ApprovalPolicy(auto_accept_initiators=_split(args.auto_accept_initiators),
                             auto_accept_components=_split(args.auto_accept_components))
-    config = build_site_config(Path(args.dir), args.party, federation, _tls_files(args), args.database, policy)
+    runner = RunnerConfig(ray_address=args.ray_address)
+    config = build_site_config(Path(args.dir), args.party, federation, _tls_files(args), args.database, policy,
+                               runner)
     path = write_site(Path(args.dir), config, force=args.force)
     _database(config)  # create and migrate it now, so errors show here
     print(f"site of party {config.party} written to {path}")
     print(f"  serves {config.url} (listens on {config.listen.host}:{config.listen.port})")
+    print(f"  runs tasks on the Ray cluster at {config.runner.ray_address}")
     print(f"next: fed site token create {args.dir} --role admin; fed site start {args.dir}")
     return 0
 
@@ -120,8 +128,10 @@ def _component_add(args: argparse.Namespace) -> int:
 
     def body(config: Any, db: Any) -> int:
         with db.session() as s:
-            add_component(s, args.name, args.version, args.entrypoint)
-        print(f"party {config.party} runs component {args.name} {args.version} = {args.entrypoint}")
+            add_component(s, args.name, args.version, args.entrypoint, args.share_metrics)
+        shared = "shared with partners" if args.share_metrics else "private"
+        print(f"party {config.party} runs component {args.name} {args.version} = {args.entrypoint} "
+              f"(metrics {shared})")
         return 0
 
     return _with_db(args.dir, body)
@@ -133,7 +143,8 @@ def _component_list(args: argparse.Namespace) -> int:
     def body(_config: Any, db: Any) -> int:
         with db.session() as s:
             for c in list_components(s):
-                print(f"{c['name']}  {c['version']}  {c['entrypoint']}")
+                shared = "  share-metrics" if c["share_metrics"] else ""
+                print(f"{c['name']}  {c['version']}  {c['entrypoint']}{shared}")
         return 0
 
     return _with_db(args.dir, body)
@@ -174,6 +185,8 @@ def _add_init(sub: Any) -> None:
     p.add_argument("--database", metavar="URL", help="postgresql://USER@HOST:PORT/DB (default: DIR/site.db, SQLite)")
     p.add_argument("--auto-accept-initiators", default="", metavar="A,B", help="accept jobs from these initiators...")
     p.add_argument("--auto-accept-components", default="", metavar="X,Y", help="...when every component is listed here")
+    p.add_argument("--ray-address", default="http://127.0.0.1:8265", metavar="URL",
+                   help="dashboard of this party's Ray cluster, where tasks are submitted (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing site.yaml")
     p.set_defaults(handler=_handler(_init))
 
@@ -209,6 +222,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name", metavar="NAME")
     p.add_argument("--entrypoint", required=True, metavar="PKG.MOD:FUNC")
     p.add_argument("--version", required=True)
+    p.add_argument("--share-metrics", action="store_true",
+                   help="partners of a job may read the metrics this component logs here (default: private)")
     p.set_defaults(handler=_handler(_component_add))
     p = comp.add_parser("list", help="list registered components")
     p.add_argument("dir", metavar="DIR")

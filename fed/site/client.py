@@ -72,3 +72,7 @@ class SiteClient(OwnedHttpClient):
     def logs(self, job_id: str, task: str) -> str:
         """This party's own log tail of ``task`` (plain text)."""
         return self.request("GET", f"/v1/jobs/{job_id}/tasks/{task}/logs", text=True)
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """The job's metrics: this party's, and what partners share."""
+        return self.request("GET", f"/v1/jobs/{job_id}/metrics")

@@ -96,14 +96,30 @@ class KubernetesRunnerConfig(BaseModel):
 
 
 class RunnerConfig(BaseModel):
-    """What runs this party's tasks: the party's Ray cluster through Ray's Job Submission
-    API (``local``) or RayJobs in Kubernetes (``kubernetes``, with its subsection)."""
+    """What runs this party's tasks. ``local``: jobs on the party's Ray cluster through
+    its dashboard's Job Submission API at ``ray_address``; ``kubernetes``: RayJobs on the
+    party's RayCluster (its subsection). Task output goes to
+    ``<workdir>/<job_id>/<task>/`` (``workdir`` relative to the site directory)."""
 
     model_config = _MODEL
     kind: Literal["local", "kubernetes"] = "local"
+    #: The dashboard of the party's Ray cluster; None: this site runs no tasks (it can
+    #: still propose, approve and schedule, e.g. as a third-party scheduler).
     ray_address: str | None = None
-    workdir: str | None = None
+    #: The Ray cluster's token file when its token authentication is on (default: where
+    #: Ray keeps it, RAY_AUTH_TOKEN or ~/.ray/auth_token).
+    ray_token_file: str | None = None
+    workdir: str = "runs"
     kubernetes: KubernetesRunnerConfig | None = None
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a Ray dashboard address, or None."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return (f"bad Ray dashboard address {address!r}: write http://HOST:PORT "
+                "(the dashboard of `ray start --head`, port 8265 by default)")
+    return None
 
 
 class SiteConfig(BaseModel):
@@ -121,6 +137,10 @@ class SiteConfig(BaseModel):
     def site_of(self, party: str) -> str | None:
         entry = self.federation.parties.get(party)
         return normal_url(entry.site) if entry else None
+
+    def task_dir(self, site_dir: Path, job_id: str, task: str) -> Path:
+        """Where this party's run of ``task`` writes its output."""
+        return (Path(site_dir) / self.runner.workdir / job_id / task).resolve()
 
 
 _FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
@@ -185,6 +205,9 @@ def load_site(site_dir: Path) -> SiteConfig:
         problems.append(("party", f"{config.party!r} is not a party of the federation"))
     if config.runner.kind == "kubernetes" and config.runner.kubernetes is None:
         problems.append(("runner.kubernetes", "kind 'kubernetes' needs this subsection (at least `ray_cluster: NAME`)"))
+    bad = config.runner.ray_address and ray_address_problem(config.runner.ray_address)
+    if bad:
+        problems.append(("runner.ray_address", bad))
     if problems:
         raise _fail(str(path), problems)
     return config
@@ -206,7 +229,8 @@ def _tls_problems(tls: TlsFiles, party: str, prefix: str) -> list[tuple[str, str
 
 
 def build_site_config(site_dir: Path, party: str, federation: Federation, tls: TlsFiles,
-                      database: str | None = None, policy: ApprovalPolicy | None = None) -> SiteConfig:
+                      database: str | None = None, policy: ApprovalPolicy | None = None,
+                      runner: RunnerConfig | None = None) -> SiteConfig:
     """The configuration ``fed site init`` writes: listens where the federation says."""
     entry = federation.parties.get(party)
     if entry is None:
@@ -218,8 +242,12 @@ def build_site_config(site_dir: Path, party: str, federation: Federation, tls: T
     url = urlsplit(entry.site)
     listen = Listen(host=url.hostname or "127.0.0.1", port=url.port or 443)
     db = database or f"sqlite:///{Path(site_dir).resolve() / DB_FILE}"
+    runner = runner or RunnerConfig()
+    bad = ray_address_problem(runner.ray_address)
+    if bad:
+        raise _fail("the runner", [("runner.ray_address", bad)])
     return SiteConfig(party=party, url=normal_url(entry.site), listen=listen, database=db, tls=tls,
-                      federation=federation, approval=policy or ApprovalPolicy())
+                      federation=federation, approval=policy or ApprovalPolicy(), runner=runner)
 
 
 def write_site(site_dir: Path, config: SiteConfig, *, force: bool = False) -> Path:

@@ -72,3 +72,19 @@ class PeerSiteError(SiteError, ConnectionError):
     def __init__(self, party: str, url: str, detail: str) -> None:
         self.party, self.url, self.detail = party, url, detail
         super().__init__(f"site of party {party!r} at {url}: {detail}")
+
+
+class RunnerError(SiteError):
+    """The party's task runner refused or failed a request about a run."""
+
+
+class RunnerUnavailableError(RunnerError, ConnectionError):
+    """The runner's cluster cannot be reached (or refused our credentials); retry later."""
+
+    def __init__(self, address: str, detail: str, check: str) -> None:
+        self.address, self.detail = address, detail
+        super().__init__(f"Ray cluster at {address}: {detail}; {check}")
+
+
+class LaunchError(SiteError, ValueError):
+    """A task launch that cannot be run: malformed, or naming an entrypoint that is missing."""

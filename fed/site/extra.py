@@ -6,7 +6,7 @@ import importlib
 from fed.site.errors import SiteDependencyError
 
 #: Import names of the extra's packages (pyproject.toml, ``[site]``).
-SITE_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "yaml", "httpx")
+SITE_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "yaml", "httpx", "prometheus_client")
 
 
 def missing_modules() -> list[str]:

@@ -8,6 +8,7 @@ history). RAYFED_SITE_URL and RAYFED_SITE_CA stand for ``--url`` and ``--ca``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -112,6 +113,31 @@ def _logs(args: argparse.Namespace, client: Any) -> int:
     return 0
 
 
+def _metric_rows(data: dict[str, Any]) -> list[list[Any]]:
+    return [[m["party"], m["task"], m["name"], step, value, at]
+            for m in data["metrics"] for step, value, at in m["points"]]
+
+
+def _print_metrics(data: dict[str, Any]) -> None:
+    rows = _metric_rows(data)
+    if not rows:
+        print("no metrics")
+    for party, task, name, step, value, _at in rows:
+        print(f"{party:<12} {task:<12} {name:<20} {'-' if step is None else step:>6}  {value:.6g}")
+    for party, why in sorted(data.get("unavailable", {}).items()):
+        print(f"(party {party}'s shared metrics unavailable: {why})")
+
+
+def _metrics(args: argparse.Namespace, client: Any) -> int:
+    data = client.metrics(args.job)
+    if not args.csv:
+        return _emit(args, data, _print_metrics)
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["party", "task", "name", "step", "value", "at"])
+    out.writerows(_metric_rows(data))
+    return 0
+
+
 _ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "submit": _submit,
     "list": lambda a, c: _emit(a, c.jobs(a.state), _print_list),
@@ -122,6 +148,7 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "stop": lambda a, c: _emit(a, c.stop(a.job, a.reason), _print_job),
     "logs": _logs,
     "wait": lambda a, c: _follow(a, c, a.job),
+    "metrics": _metrics,
 }
 
 
@@ -174,6 +201,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("job", metavar="JOB")
     _connection(p)
     p = sub.add_parser("pending", help="jobs waiting for this party's decision")
+    _connection(p)
+    p = sub.add_parser("metrics", help="a job's metrics: this party's and what partners share")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--csv", action="store_true", help="print CSV: party,task,name,step,value,at")
     _connection(p)
     for name, what in (("approve", "accept a job held for this party"), ("reject", "reject a job (ends it for all)")):
         p = sub.add_parser(name, help=what)

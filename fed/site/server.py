@@ -101,10 +101,10 @@ def serve(site_dir: Path, log_level: str = "warning", on_ready: Callable[[SiteCo
 
 def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, Path]:
     """The runner of this site's party tasks, from site.yaml's ``runner`` section, and the
-    directory for task outputs. No runner (a local runner without ``ray_address``): the
-    site approves jobs but runs none."""
+    directory for task outputs (``workdir``, relative to the site directory). No runner
+    (a local runner without ``ray_address``): the site approves jobs but runs none."""
     section = config.runner
-    workdir = Path(section.workdir) if section.workdir else Path(site_dir).resolve() / "runs"
+    workdir = (Path(site_dir) / section.workdir).resolve()
     if section.kind == "kubernetes" and section.kubernetes is not None:
         from fed.site.runner.kubernetes import RayJobRunner
 
@@ -113,4 +113,4 @@ def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, 
         return None, workdir
     from fed.site.runner.ray_jobs import RayJobsRunner
 
-    return RayJobsRunner(section.ray_address), workdir
+    return RayJobsRunner.from_config(section), workdir

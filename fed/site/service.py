@@ -209,6 +209,10 @@ class SiteService:
         self._job_for(caller, job_id)
         return self.status(job_id)
 
+    def job_for_party(self, caller: str, job_id: str) -> JobSpec:
+        """The job's spec if ``caller`` is one of its parties; else AccessDenied/NotFoundError."""
+        return self._job_for(caller, job_id)
+
     def _job_for(self, caller: str, job_id: str, initiator_only: bool = False) -> JobSpec:
         """The job's spec if ``caller`` is one of its parties (its initiator, if required)."""
         with self.db.session() as s:

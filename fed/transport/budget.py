@@ -38,8 +38,11 @@ class Inflight:
 class PeerBudget:
     """Thread-safe accounting shared by connection threads and the actor's event loop."""
 
-    def __init__(self, limit: Optional[int]) -> None:
+    def __init__(self, limit: Optional[int],
+                 on_held: Callable[[str, int], None] | None = None) -> None:
         self._limit = limit
+        #: Told a peer's held bytes when a value settles or is released (not per frame).
+        self._on_held = on_held
         self._held: dict[str, int] = {}  # per peer: bytes of finished values + in flight
         self._stored: dict[str, int] = {}  # per peer: bytes of finished, unclaimed values
         self._inflight: dict[str, dict[int, Inflight]] = {}
@@ -116,7 +119,13 @@ class PeerBudget:
             else:
                 self._held[peer] = max(0, self._held.get(peer, 0) - value.charged)
             self._cond.notify_all()
-            return True
+            held = self._held.get(peer, 0)
+        self._report(peer, held)
+        return True
+
+    def _report(self, peer: str, held: int) -> None:
+        if self._on_held is not None:
+            self._on_held(peer, held)
 
     def release(self, src: str, nbytes: int) -> None:
         """A held value was claimed by a barrier or dropped."""
@@ -124,6 +133,8 @@ class PeerBudget:
             self._held[src] = max(0, self._held.get(src, 0) - nbytes)
             self._stored[src] = max(0, self._stored.get(src, 0) - nbytes)
             self._cond.notify_all()
+            held = self._held[src]
+        self._report(src, held)
 
     def awaiting(self, slot: Slot, waiting: bool) -> None:
         """A barrier starts (True) or stops (False) waiting for `slot`."""

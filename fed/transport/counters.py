@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from fed.transport.metrics import ChannelMetrics
+
 
 class Count:
     """One figure; `bump` it from any thread."""
@@ -32,7 +34,8 @@ class Count:
 class ReceiverCounters:
     """Values and bytes received per source party, and counts of what was turned away."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ChannelMetrics | None = None) -> None:
+        self._metrics = metrics or ChannelMetrics.off()
         self._lock = threading.Lock()
         self._values: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
@@ -50,6 +53,12 @@ class ReceiverCounters:
         with self._lock:
             self._values[src] = self._values.get(src, 0) + 1
             self._bytes[src] = self._bytes.get(src, 0) + nbytes
+        self._metrics.received(src, nbytes)
+
+    def refused(self, reason: str) -> None:
+        """A connection was answered with REFUSE for `reason`."""
+        self.refusals.bump()
+        self._metrics.refused(reason)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -208,7 +208,7 @@ class Listener:
         if refusal.party is not None and refusal.job is None:
             refusal.job = self._job  # past the handshake: the connection's job
         self._refusals.record(host, refusal)
-        self._counters.refusals.bump()
+        self._counters.refused(refusal.reason)
         try:
             wire.send_control(sock, wire.REFUSE, {"reason": refusal.reason,
                                                   "detail": refusal.detail},

@@ -36,6 +36,7 @@ from fed.transport.limits import (
     return_freed_memory,
 )
 from fed.transport.listener import Admission, Listener
+from fed.transport.metrics import ChannelMetrics
 from fed.transport.peers import Outbox, Peers
 from fed.transport.session import SessionHooks, SessionServer, Terms
 
@@ -91,9 +92,10 @@ class ReceiverProxy:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
-        self._counters = ReceiverCounters()
+        metrics = ChannelMetrics(party)
+        self._counters = ReceiverCounters(metrics)
         self._refusals = RefusalLog(log)
-        self._budget = PeerBudget(receiver_limits.max_buffered_bytes_per_peer)
+        self._budget = PeerBudget(receiver_limits.max_buffered_bytes_per_peer, metrics.held)
         self._frames = FrameSlots(SMALL_FRAME_BYTES)
         # Event-loop state (touched only on the actor's loop).
         self._barriers = Barriers(self._budget, self._counters, policy)

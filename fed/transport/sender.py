@@ -35,6 +35,7 @@ from fed.errors import (
 from fed.transport import payload, wire
 from fed.transport.base import MessageKey
 from fed.transport.limits import ReceiverBusy, check_advertised
+from fed.transport.metrics import ChannelMetrics
 from fed.transport.proof import hello_proof
 from fed.transport.retry import with_retries
 from fed.transport.threads import WorkerThreads
@@ -97,10 +98,12 @@ class SenderProxy:
         tls: Optional[Any],
         comm: dict[str, Any],
         hooks: Optional[SenderHooks] = None,
+        metrics: ChannelMetrics | None = None,
     ) -> None:
         from fed.transport.tls import client_context
 
         self._party = party
+        self._metrics = metrics or ChannelMetrics.off()
         self._job = job
         self._hooks = hooks or SenderHooks.detached()
         self._addresses = {p: a for p, a in addresses.items() if p != party}
@@ -168,8 +171,9 @@ class SenderProxy:
         except Exception as exc:  # the producing task failed: push an error envelope
             value = remote_error_from(exc, self._party, key.producer_call, self._expose_trace)
             kind = "error"
+        ready_at = time.monotonic()  # the value's latency counts from here (queueing included)
         try:
-            return await self._data[key.dst].run(self._push, key, kind, value)
+            return await self._data[key.dst].run(self._push, key, kind, value, ready_at)
         except FedError as exc:
             text = f"party {self._party!r} could not send {key.producer()} to {key.dst!r}: {exc}"
             self._count_failure()
@@ -313,7 +317,7 @@ class SenderProxy:
         """Encode with these user codecs from now on (fed.register_codec after fed.init)."""
         self._policy = self._policy.with_codecs(codecs)
 
-    def _push(self, key: MessageKey, kind: str, value: Any) -> dict[str, Any]:
+    def _push(self, key: MessageKey, kind: str, value: Any, ready_at: float) -> dict[str, Any]:
         """Check the perimeter, serialize once, stream with retries, audit the outcome."""
         self._check_peer(key)
         try:
@@ -352,8 +356,7 @@ class SenderProxy:
             reply = self._send_with_retries(key, use)
             if reply.get("_refused"):
                 status = "refused"
-                with self._lock:
-                    self._refused += 1
+                self._count_refused(key.dst, str(reply.get("reason", "?")))
                 raise refused_error(reply.get("reason", "?"), reply.get("detail", ""))
             status = "duplicate" if reply.get("duplicate") else "sent"
         finally:
@@ -362,7 +365,13 @@ class SenderProxy:
         with self._lock:
             self._sent_values[key.dst] = self._sent_values.get(key.dst, 0) + 1
             self._sent_bytes[key.dst] = self._sent_bytes.get(key.dst, 0) + total
+        self._metrics.sent(key.dst, total, time.monotonic() - ready_at)
         return {"bytes": total, "duplicate": bool(reply.get("duplicate"))}
+
+    def _count_refused(self, peer: str, reason: str) -> None:
+        with self._lock:
+            self._refused += 1
+        self._metrics.send_refused(peer, reason)
 
     def _seen(self, peer: str) -> None:
         self._last_seen[peer] = time.monotonic()
@@ -381,6 +390,7 @@ class SenderProxy:
         def retried(_exc: BaseException) -> None:
             with self._lock:
                 self._retries += 1
+            self._metrics.retried(key.dst)
 
         try:
             return with_retries(lambda: self._with_connection(key.dst, use, deadline),
@@ -465,8 +475,7 @@ class SenderProxy:
             wire.send_control(sock, wire.HELLO, self._hello(peer))
             ftype, body = wire.read_control(sock, 64 * 1024)
             if ftype == wire.REFUSE:
-                with self._lock:
-                    self._refused += 1
+                self._count_refused(peer, str(body.get("reason", "?")))
                 raise refused_error(str(body.get("reason", "?")), str(body.get("detail", "")))
             if ftype != wire.WELCOME:
                 raise wire.ProtocolError(f"expected WELCOME, got {wire.NAMES.get(ftype, ftype)}")
@@ -587,6 +596,7 @@ class SenderProxy:
         if silent <= limit:
             return
         self._lost.add(peer)
+        self._metrics.peer_lost(peer)
         self._log.error("party %r has not answered for %.1f s", peer, silent)
         what = "peer_timeout_s" if seen else "startup_timeout_s"
         await self._hooks.peer_lost(

@@ -24,6 +24,7 @@ from fed._log import party_logger
 from fed.names import JOB_SECRET_ENV
 from fed.transport.base import MessageKey, Transport, veto_text
 from fed.transport.hosted import Hosted
+from fed.transport.metrics import ChannelMetrics
 from fed.transport.payload import WirePolicy
 from fed.transport.placement import receiver_placement
 from fed.transport.proof import job_secret_from_env
@@ -140,7 +141,8 @@ class TcpTransport(Transport):
         # comm.send_resource_label has nothing to place: the sender runs in the driver.
         try:
             sender = SenderProxy(cfg.party, cfg.job_name, self._address_book(), cfg.tls,
-                                 self._sender_settings(secret), self._sender_hooks())
+                                 self._sender_settings(secret), self._sender_hooks(),
+                                 ChannelMetrics(cfg.party))
             self._sender = Hosted(sender, "fed-sender")
         except BaseException:
             self._kill()

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from fed.site.api.auth import bearer
 from fed.site.api.client import client_router
 from fed.site.api.interconnect import interconnect_router
+from fed.site.api.metrics import metrics_router
+from fed.site.api.sitemetrics import install_site_metrics
 from fed.site.board.routes import install_board
 from fed.site.core.tokens import Role
 from fed.site.errors import (
@@ -49,6 +51,8 @@ def create_app(service: SiteService) -> FastAPI:
     )
     app.include_router(client_router(service))
     app.include_router(interconnect_router(service))
+    app.include_router(metrics_router(service))
+    install_site_metrics(app, service)
     app.add_exception_handler(SiteError, _error_response)
     install_board(app, service)
 

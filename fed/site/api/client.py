@@ -23,6 +23,7 @@ class NewComponent(BaseModel):
     name: str
     version: str
     entrypoint: str
+    share_metrics: bool = False
 
 
 def client_router(service: SiteService) -> APIRouter:
@@ -78,12 +79,12 @@ def client_router(service: SiteService) -> APIRouter:
 
 def _component_routes(r: APIRouter, service: SiteService, viewer: Any, admin: Any) -> None:
     @r.get("/components", summary="Components this party runs")
-    def list_components(_: str = viewer) -> list[dict[str, str]]:
+    def list_components(_: str = viewer) -> list[dict[str, str | bool]]:
         with service.db.session() as s:
             return components.list_components(s)
 
     @r.post("/components", status_code=201, summary="Register a component version")
-    def add_component(body: NewComponent, _: str = admin) -> dict[str, str]:
+    def add_component(body: NewComponent, _: str = admin) -> dict[str, str | bool]:
         with service.db.session() as s:
-            components.add_component(s, body.name, body.version, body.entrypoint)
+            components.add_component(s, body.name, body.version, body.entrypoint, body.share_metrics)
         return body.model_dump()

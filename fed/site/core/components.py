@@ -34,9 +34,12 @@ def check_component(name: str, version: str, entrypoint: str) -> None:
         )
 
 
-def add_component(s: Session, name: str, version: str, entrypoint: str) -> Component:
-    """Register a component version; registering the same one again is a no-op, while
-    another entrypoint under an existing name and version is refused (bump the version)."""
+def add_component(s: Session, name: str, version: str, entrypoint: str,
+                  share_metrics: bool = False) -> Component:
+    """Register a component version; registering the same one again is a no-op (except
+    that it sets ``share_metrics``: whether partners of a job may read the metrics it
+    logs here), while another entrypoint under an existing name and version is refused
+    (bump the version)."""
     check_component(name, version, entrypoint)
     existing = s.get(Component, (name, version))
     if existing is not None:
@@ -45,8 +48,9 @@ def add_component(s: Session, name: str, version: str, entrypoint: str) -> Compo
                 f"component {name!r} version {version!r} is already registered with entrypoint "
                 f"{existing.entrypoint!r}; register the new entrypoint under a new version"
             )
+        existing.share_metrics = share_metrics
         return existing
-    component = Component(name=name, version=version, entrypoint=entrypoint)
+    component = Component(name=name, version=version, entrypoint=entrypoint, share_metrics=share_metrics)
     s.add(component)
     s.flush()
     return component
@@ -57,6 +61,7 @@ def registered(s: Session) -> set[tuple[str, str]]:
     return {(c.name, c.version) for c in s.scalars(select(Component))}
 
 
-def list_components(s: Session) -> list[dict[str, str]]:
+def list_components(s: Session) -> list[dict[str, str | bool]]:
     rows = s.scalars(select(Component).order_by(Component.name, Component.version))
-    return [{"name": c.name, "version": c.version, "entrypoint": c.entrypoint} for c in rows]
+    return [{"name": c.name, "version": c.version, "entrypoint": c.entrypoint,
+             "share_metrics": c.share_metrics} for c in rows]

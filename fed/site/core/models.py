@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -19,11 +20,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAME = 63  # party, task and component names (fed.names rule)
 STATE = 32
+METRIC_NAME = 100
 
 
 def utcnow() -> datetime.datetime:
@@ -161,6 +164,8 @@ class Component(Base):
     name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     entrypoint: Mapped[str] = mapped_column(String(300))
+    #: Whether partners of a job may read the metrics this component logs here (default no).
+    share_metrics: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     added_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -176,3 +181,43 @@ class Token(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MetricPoint(Base):
+    """One value a component logged (``TaskContext.log_metric``) in this party's run of a task."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "task"], ["tasks.job_id", "tasks.name"], ondelete="CASCADE"),
+        Index("ix_metric_points_series", "job_id", "party", "task", "name", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(NAME))
+    party: Mapped[str] = mapped_column(String(NAME))
+    name: Mapped[str] = mapped_column(String(METRIC_NAME))
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)
+    #: When the component logged it (seconds since the epoch, its own clock).
+    at: Mapped[float] = mapped_column(Float)
+
+
+class MetricSource(Base):
+    """How far a task's ``metrics.jsonl`` has been read, and what was turned away."""
+
+    __tablename__ = "metric_sources"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "task"], ["tasks.job_id", "tasks.name"], ondelete="CASCADE"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    party: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Inside a line longer than the bound: skip to its end before parsing again.
+    skipping: Mapped[bool] = mapped_column(Boolean, default=False)
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    bad_lines: Mapped[int] = mapped_column(Integer, default=0)
+    #: Valid points beyond the per-task bound, not stored.
+    dropped: Mapped[int] = mapped_column(Integer, default=0)

@@ -72,11 +72,21 @@ def pending_for(s: Session, party: str, limit: int = 100) -> list[dict[str, Any]
     """Jobs awaiting approval in which ``party`` has not decided yet, oldest first."""
     query = (
         select(Job).join(JobParty, JobParty.job_id == Job.id)
-        .where(Job.state == JobState.AWAITING_APPROVAL.value, JobParty.party == party,
-               JobParty.approval == ApprovalState.PENDING.value)
+        .where(*_pending(party))
         .order_by(Job.created_at).limit(limit)
     )
     return _summaries(s, list(s.scalars(query)))
+
+
+def count_pending_for(s: Session, party: str) -> int:
+    """How many jobs :func:`pending_for` lists, in one query."""
+    query = select(func.count()).select_from(Job).join(JobParty, JobParty.job_id == Job.id)
+    return s.scalar(query.where(*_pending(party))) or 0
+
+
+def _pending(party: str) -> tuple[Any, ...]:
+    return (Job.state == JobState.AWAITING_APPROVAL.value, JobParty.party == party,
+            JobParty.approval == ApprovalState.PENDING.value)
 
 
 def count_jobs(s: Session) -> dict[str, int]:

@@ -85,6 +85,9 @@ FINAL_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.STOP
 class RunStatus:
     state: RunState
     reason: str = ""
+    #: When the runner started the run (epoch seconds), if it knows: the caller's
+    #: timeout may count from there.
+    started_at: float | None = None
 
 
 class TaskRunner(Protocol):
