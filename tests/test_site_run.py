@@ -99,26 +99,9 @@ def fed3(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     with PortLease() as lease:
         started = start_clusters(lease, len(PARTIES), extra_path=(TESTS,))
-        clusters = dict(zip(PARTIES, started))
-        ports = lease.reserve(2 * len(PARTIES))
-        urls = {p: f"https://127.0.0.1:{ports[i]}" for i, p in enumerate(PARTIES)}
-        chan = {p: ports[len(PARTIES) + i] for i, p in enumerate(PARTIES)}
-        _ok("certs", "--parties", ",".join(PARTIES), "--out", str(root / "certs"))
-        fed_file = root / "federation.yaml"
-        fed_file.write_text(json.dumps({"parties": {
-            p: {"site": urls[p], "channel": {"host": "127.0.0.1", "ports": f"{chan[p]}-{chan[p]}"}} for p in PARTIES}}))
-        tokens = {}
-        for p in PARTIES:
-            site = str(root / p)
-            _ok("site", "init", site, "--party", p, "--federation", str(fed_file), "--certs", str(root / "certs"),
-                "--auto-accept-initiators", "alice", "--auto-accept-components", ",".join(COMPONENTS))
-            for name, entry in COMPONENTS.items():
-                _ok("site", "component", "add", site, name, "--entrypoint", entry, "--version", "1")
-            tokens[p] = _ok("site", "token", "create", site, "--role", "admin").strip()
-            _configure(root, p, clusters[p], chan[p])
-        fed = Federation(root, urls, tokens, clusters)
-        lease.release()  # the sites and the channels bind them now
+        fed = Federation(root, {}, {}, dict(zip(PARTIES, started)))
         try:
+            _make_sites(fed, lease)
             for p in PARTIES:
                 fed.start(p)
             yield fed
@@ -127,6 +110,26 @@ def fed3(tmp_path_factory):
                 site.stop()
             for cluster in started:
                 cluster.stop()
+
+
+def _make_sites(fed: Federation, lease: PortLease) -> None:
+    root = fed.root
+    ports = lease.reserve(2 * len(PARTIES))
+    fed.urls.update({p: f"https://127.0.0.1:{ports[i]}" for i, p in enumerate(PARTIES)})
+    chan = {p: ports[len(PARTIES) + i] for i, p in enumerate(PARTIES)}
+    _ok("certs", "--parties", ",".join(PARTIES), "--out", str(root / "certs"))
+    fed_file = root / "federation.yaml"
+    fed_file.write_text(json.dumps({"parties": {
+        p: {"site": fed.urls[p], "channel": {"host": "127.0.0.1", "ports": f"{chan[p]}-{chan[p]}"}} for p in PARTIES}}))
+    for p in PARTIES:
+        site = str(root / p)
+        _ok("site", "init", site, "--party", p, "--federation", str(fed_file), "--certs", str(root / "certs"),
+            "--auto-accept-initiators", "alice", "--auto-accept-components", ",".join(COMPONENTS))
+        for name, entry in COMPONENTS.items():
+            _ok("site", "component", "add", site, name, "--entrypoint", entry, "--version", "1")
+        fed.tokens[p] = _ok("site", "token", "create", site, "--role", "admin").strip()
+        _configure(root, p, fed.clusters[p], chan[p])
+    lease.release()  # the sites and the channels bind them now
 
 
 @pytest.mark.parametrize("mode", ["callback", "poll"])
