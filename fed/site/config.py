@@ -243,7 +243,7 @@ def build_site_config(site_dir: Path, party: str, federation: Federation, tls: T
     listen = Listen(host=url.hostname or "127.0.0.1", port=url.port or 443)
     db = database or f"sqlite:///{Path(site_dir).resolve() / DB_FILE}"
     runner = runner or RunnerConfig()
-    bad = ray_address_problem(runner.ray_address)
+    bad = runner.ray_address and ray_address_problem(runner.ray_address)
     if bad:
         raise _fail("the runner", [("runner.ray_address", bad)])
     return SiteConfig(party=party, url=normal_url(entry.site), listen=listen, database=db, tls=tls,
