@@ -5,6 +5,7 @@ re-attaching after a restart)."""
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ from fed.site.core.combine import (
     retry_due,
 )
 from fed.site.core.db import Database
-from fed.site.core.models import OutboxMessage, PartyTask, Task
+from fed.site.core.models import MetricPoint, OutboxMessage, PartyTask, Task
 from fed.site.core.spec import parse_spec
 from fed.site.core.states import ApprovalState, Entity, JobState, TaskState
 from fed.site.errors import SiteConfigError
@@ -191,9 +192,14 @@ def test_dag_runs_in_order_from_this_partys_own_registry(db, alice):
     launch = runner.launches["rayfed-j1-stats-1"]
     assert launch.entrypoint == "demo.stats:run" and launch.params == {"bins": 3}
     assert launch.addresses["alice"].startswith("127.0.0.1:310")
+    out = Path(launch.output_dir)
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"name": "acc", "value": 0.5, "step": 1, "at": 1.0}\n')
     _end(runner, "rayfed-j1-stats-1", RunState.SUCCEEDED)
     control.round()
     control.round()
+    with db.session() as s:  # the component's metrics were taken in by the site
+        assert [(p.name, p.value) for p in s.query(MetricPoint)] == [("acc", 0.5)]
     assert "rayfed-j1-train-1" in runner.launches
     assert runner.launches["rayfed-j1-train-1"].inputs == {"stats": launch.output_dir}
     _end(runner, "rayfed-j1-train-1", RunState.SUCCEEDED)

@@ -25,11 +25,13 @@ from typing import Any
 from fed.site.config import SiteConfig
 from fed.site.core import runs, store
 from fed.site.core.db import Database
+from fed.site.core.metrics import ingest_metrics_file
 from fed.site.core.models import Component, PartyTask, Task, utcnow
 from fed.site.core.spec import JobSpec, spec_from_json
 from fed.site.core.states import Entity, TaskState
 from fed.site.errors import Conflict, SiteConfigError
 from fed.site.runner.base import RunState, RunStatus, TaskLaunch, TaskRunner
+from fed.site.taskcontext import METRICS_FILE
 
 log = logging.getLogger("fed.site")
 #: ``(job_id, task, attempt, state, reason)``: a change of this party's run.
@@ -137,6 +139,7 @@ class PartyExecutor:
 
     def _follow(self, job_id: str, task: str, attempt: int, state: str, sid: str, started: Any,
                 timeout_s: float | None) -> None:
+        self._ingest(job_id, task, attempt)
         status = self.runner.status(sid)
         if status.state is RunState.UNKNOWN:
             self._unknown(job_id, task, attempt, state, sid)
@@ -168,7 +171,15 @@ class PartyExecutor:
             return
         self._report(launch.job_id, launch.task, launch.attempt, _T.STARTING.value, "submitted")
 
+    def _ingest(self, job_id: str, task: str, attempt: int) -> None:
+        """The metrics the component appended since the last look (its metrics.jsonl)."""
+        path = self.workdir / job_id / task / str(attempt) / METRICS_FILE
+        if path.is_file():
+            with self.db.session() as s:
+                ingest_metrics_file(s, job_id, task, self.party, path)
+
     def _finish(self, job_id: str, task: str, attempt: int, state: TaskState, reason: str, sid: str | None) -> None:
+        self._ingest(job_id, task, attempt)
         self._set(job_id, task, attempt, state, reason, self._tail(sid) if sid is not None else "")
 
     def _tail(self, sid: str) -> str:
