@@ -297,6 +297,10 @@ def test_a_site_whose_runs_were_lost_fails_the_job_with_the_reason(fed4):
         job = alice.submit(_spec(fed4, "callback"))
     sid = f"rayfed-{job['id']}-stats-1"
     _wait_launched(fed4, sid)
+    deadline = time.monotonic() + 30
+    while _own_state(fed4, "carol", job["id"], "stats") != "running":  # (a run only submitted is resubmitted)
+        assert time.monotonic() < deadline, "carol's run was never seen running"
+        time.sleep(0.05)
     _restart(fed4, "carol", AutoRunner(), down_s=0.2)  # a new cluster: the run is gone
     views = _everywhere(fed4, job["id"])
     for party, view in views.items():
@@ -339,3 +343,10 @@ def test_a_party_runs_nothing_of_a_job_it_has_not_accepted(fed4):
         as_scheduler.call("POST", f"/v1/interconnect/jobs/{job['id']}/tasks/stats/prepare", {"attempt": 1})
     with _client(fed4, "bob") as bob:
         bob.decide(job["id"], False, "not now")
+
+
+def _own_state(fed4, party: str, job_id: str, task: str) -> str:
+    from fed.site.core.models import PartyTask
+
+    with fed4[3][party].service.db.session() as s:
+        return s.get(PartyTask, (job_id, task, party)).state
