@@ -64,7 +64,8 @@ def _init(args: argparse.Namespace) -> int:
     _database(config)  # create and migrate it now, so errors show here
     print(f"site of party {config.party} written to {path}")
     print(f"  serves {config.url} (listens on {config.listen.host}:{config.listen.port})")
-    print(f"  runs tasks on the Ray cluster at {config.runner.ray_address}")
+    print(f"  runs tasks on the Ray cluster at {config.runner.ray_address}" if config.runner.ray_address
+          else "  runs no tasks (no --ray-address)")
     print(f"next: fed site token create {args.dir} --role admin; fed site start {args.dir}")
     return 0
 
@@ -154,10 +155,16 @@ def _status(args: argparse.Namespace) -> int:
     from fed.site.core import views
 
     def body(config: Any, db: Any) -> int:
+        from fed.site.core import outbox, runs
+
         with db.session() as s:
             counts = views.count_jobs(s)
+            going = runs.own_active(s, config.party)
+            backlog = outbox.pending_count(s)
         print(f"party {config.party}, site {config.url}, database {db.engine.url.render_as_string(hide_password=True)}")
         print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        print(f"runs of this party going: {len(going)}" + "".join(f"\n  {r}" for r in going))
+        print(f"calls to other sites waiting for delivery: {backlog}")
         return 0
 
     return _with_db(args.dir, body)
@@ -179,8 +186,9 @@ def _add_init(sub: Any) -> None:
     p.add_argument("--database", metavar="URL", help="postgresql://USER@HOST:PORT/DB (default: DIR/site.db, SQLite)")
     p.add_argument("--auto-accept-initiators", default="", metavar="A,B", help="accept jobs from these initiators...")
     p.add_argument("--auto-accept-components", default="", metavar="X,Y", help="...when every component is listed here")
-    p.add_argument("--ray-address", default="http://127.0.0.1:8265", metavar="URL",
-                   help="dashboard of this party's Ray cluster, where tasks are submitted (default: %(default)s)")
+    p.add_argument("--ray-address", default=None, metavar="URL",
+                   help="dashboard of this party's Ray cluster, where tasks are submitted, e.g. "
+                        "http://127.0.0.1:8265 (none: the site approves and schedules jobs but runs no task)")
     p.add_argument("--force", action="store_true", help="replace an existing site.yaml")
     p.set_defaults(handler=_handler(_init))
 

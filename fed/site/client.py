@@ -35,7 +35,8 @@ class SiteClient(OwnedHttpClient):
         self._client = httpx.Client(verify=context, timeout=timeout_s,
                                     headers={"Authorization": f"Bearer {token}"})
 
-    def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
+                text: bool = False) -> Any:
         try:
             resp = self._client.request(method, self.url + path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -47,7 +48,7 @@ class SiteClient(OwnedHttpClient):
             except ValueError:
                 data = {"detail": resp.text[:500]}
             raise SiteRequestError(self.url, resp.status_code, str(data.get("detail")), data.get("problems"))
-        return resp.json()
+        return resp.text if text else resp.json()
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/v1/jobs", spec)
@@ -64,6 +65,13 @@ class SiteClient(OwnedHttpClient):
     def decide(self, job_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
         verb = "approve" if approve else "reject"
         return self.request("POST", f"/v1/jobs/{job_id}/{verb}", {"reason": reason})
+
+    def stop(self, job_id: str, reason: str = "") -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/stop", {"reason": reason})
+
+    def logs(self, job_id: str, task: str) -> str:
+        """This party's own log tail of ``task`` (plain text)."""
+        return self.request("GET", f"/v1/jobs/{job_id}/tasks/{task}/logs", text=True)
 
     def metrics(self, job_id: str) -> dict[str, Any]:
         """The job's metrics: this party's, and what partners share."""

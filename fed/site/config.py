@@ -64,6 +64,18 @@ class TlsFiles(BaseModel):
     ca_cert: str
 
 
+class SyncSettings(BaseModel):
+    """How often a site looks at its running jobs (see docs/sites.md, "Sync modes")."""
+
+    model_config = _MODEL
+    #: poll mode: the scheduler polls its parties, and the parties the scheduler, this often.
+    poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    #: callback mode: the safety poll that catches a lost callback.
+    safety_poll_s: Annotated[float, Field(gt=0)] = 15.0
+    #: How often the site checks its own runs (runner status, timeouts) and its outbox.
+    tick_s: Annotated[float, Field(gt=0)] = 0.5
+
+
 #: Where a pod finds its Kubernetes service account (token, CA bundle, namespace).
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -119,6 +131,7 @@ class SiteConfig(BaseModel):
     tls: TlsFiles
     federation: Federation
     approval: ApprovalPolicy = ApprovalPolicy()
+    sync: SyncSettings = SyncSettings()
     runner: RunnerConfig = RunnerConfig()
 
     def site_of(self, party: str) -> str | None:
@@ -131,7 +144,7 @@ class SiteConfig(BaseModel):
 
 
 _FIELDS = {f for m in (ChannelSpec, FederationParty, Federation, Listen, TlsFiles, SiteConfig, ApprovalPolicy,
-                       RunnerConfig, KubernetesRunnerConfig) for f in m.model_fields}
+                       RunnerConfig, KubernetesRunnerConfig, SyncSettings) for f in m.model_fields}
 
 
 def _fail(source: str, problems: list[tuple[str, str]]) -> SiteConfigError:
@@ -230,7 +243,7 @@ def build_site_config(site_dir: Path, party: str, federation: Federation, tls: T
     listen = Listen(host=url.hostname or "127.0.0.1", port=url.port or 443)
     db = database or f"sqlite:///{Path(site_dir).resolve() / DB_FILE}"
     runner = runner or RunnerConfig()
-    bad = ray_address_problem(runner.ray_address)
+    bad = runner.ray_address and ray_address_problem(runner.ray_address)
     if bad:
         raise _fail("the runner", [("runner.ray_address", bad)])
     return SiteConfig(party=party, url=normal_url(entry.site), listen=listen, database=db, tls=tls,

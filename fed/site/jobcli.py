@@ -65,8 +65,52 @@ def _print_list(jobs: list[dict[str, Any]]) -> None:
         print(f"{job['id']}  {job['state']:<17} initiator {job['initiator']:<10} {decided}")
 
 
+_FINAL = ("succeeded", "failed", "rejected", "canceled", "timeout")
+
+
 def _submit(args: argparse.Namespace, client: Any) -> int:
-    return _emit(args, client.submit(args.spec.model_dump(exclude_none=True)), _print_job)
+    job = client.submit(args.spec.model_dump(exclude_none=True))
+    if not args.wait:
+        return _emit(args, job, _print_job)
+    return _follow(args, client, job["id"])
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    """One line: the job's state and every task x party (what changed is printed again)."""
+    cells = [f"{t['name']}:" + ",".join(f"{pt['party']}={pt['state']}" for pt in t["parties"])
+             for t in job.get("tasks", [])]
+    return f"{job['state']:<17} " + "  ".join(cells)
+
+
+def _follow(args: argparse.Namespace, client: Any, job_id: str) -> int:
+    """Print the job's progress until it ends; exit 0 only if it succeeded."""
+    import time
+
+    print(f"job {job_id} submitted; following it (Ctrl+C stops following, not the job)", flush=True)
+    last = ""
+    while True:
+        job = client.job(job_id)
+        line = _progress_line(job)
+        if line != last:
+            print(time.strftime("%H:%M:%S ") + line, flush=True)
+            last = line
+        if job["state"] in _FINAL:
+            break
+        time.sleep(args.interval)
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        _print_job(job)
+    if job["state"] != "succeeded":
+        print(f"job {job_id} {job['state']}: {job.get('reason', '')}; see `fed job status {job_id}` and "
+              f"`fed job logs {job_id} TASK` at each party's site", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _logs(args: argparse.Namespace, client: Any) -> int:
+    print(client.logs(args.job, args.task), end="")
+    return 0
 
 
 def _metric_rows(data: dict[str, Any]) -> list[list[Any]]:
@@ -101,6 +145,9 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "pending": lambda a, c: _emit(a, c.pending(), _print_list),
     "approve": lambda a, c: _emit(a, c.decide(a.job, True, a.reason), _print_job),
     "reject": lambda a, c: _emit(a, c.decide(a.job, False, a.reason), _print_job),
+    "stop": lambda a, c: _emit(a, c.stop(a.job, a.reason), _print_job),
+    "logs": _logs,
+    "wait": lambda a, c: _follow(a, c, a.job),
     "metrics": _metrics,
 }
 
@@ -132,6 +179,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = job.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("submit", help="propose a job (YAML/JSON spec) from this party's site")
     p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only if it succeeded")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between looks with --wait")
+    _connection(p)
+    p = sub.add_parser("wait", help="follow a job until it ends; exit 0 only if it succeeded")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between looks")
+    _connection(p)
+    p = sub.add_parser("stop", help="stop a job in every party (from any party's site)")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--reason", default="", help="shown to every party")
+    _connection(p)
+    p = sub.add_parser("logs", help="this party's own log tail of a task")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("task", metavar="TASK")
     _connection(p)
     p = sub.add_parser("list", help="jobs at the site, newest first")
     p.add_argument("--state", help="only jobs in this state")

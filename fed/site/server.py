@@ -19,7 +19,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fed.site.api.app import create_app
 from fed.site.config import SiteConfig, load_site
+from fed.site.control import JobControl
 from fed.site.core.db import Database
+from fed.site.runner.base import TaskRunner
 from fed.site.service import SiteService
 
 
@@ -46,11 +48,15 @@ class TlsScopeProtocol(H11Protocol):
         self.app = _WithClientCert(self.app, [ssl.DER_cert_to_PEM_cert(der)] if der else [])
 
 
-def open_site(config: SiteConfig) -> SiteService:
-    """The site's service over its migrated database."""
+def open_site(config: SiteConfig, runner: TaskRunner | None = None, workdir: Path = Path("runs")) -> SiteService:
+    """The site's service over its migrated database; with a runner, it also runs jobs
+    (its worker thread is started by :func:`serve`)."""
     db = Database(config.database)
     db.migrate()
-    return SiteService(config, db)
+    if runner is None:
+        return SiteService(config, db)
+    control = JobControl(config, db, runner, workdir)
+    return SiteService(config, db, on_job_state=control.on_job_state, control=control)
 
 
 def uvicorn_config(service: SiteService, log_level: str = "warning") -> uvicorn.Config:
@@ -80,9 +86,31 @@ def serve(site_dir: Path, log_level: str = "warning", on_ready: Callable[[SiteCo
     """Run the site in ``site_dir`` until SIGINT or SIGTERM (uvicorn exits 1 if it cannot
     listen, after logging why)."""
     config = load_site(site_dir)
-    service = open_site(config)
+    runner, workdir = site_runner(config, Path(site_dir))
+    service = open_site(config, runner, workdir)
     ready = (lambda: on_ready(config)) if on_ready is not None else None
+    if service.control is not None:
+        service.control.start()
     try:
         _Server(uvicorn_config(service, log_level), ready).run()
     finally:
+        if service.control is not None:
+            service.control.stop()
         service.db.close()
+
+
+def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, Path]:
+    """The runner of this site's party tasks, from site.yaml's ``runner`` section, and the
+    directory for task outputs (``workdir``, relative to the site directory). No runner
+    (a local runner without ``ray_address``): the site approves jobs but runs none."""
+    section = config.runner
+    workdir = (Path(site_dir) / section.workdir).resolve()
+    if section.kind == "kubernetes" and section.kubernetes is not None:
+        from fed.site.runner.kubernetes import RayJobRunner
+
+        return RayJobRunner.from_config(section.kubernetes), workdir
+    if section.ray_address is None:
+        return None, workdir
+    from fed.site.runner.ray_jobs import RayJobsRunner
+
+    return RayJobsRunner.from_config(section), workdir

@@ -49,9 +49,12 @@ JobStateHook = Callable[[str, str], None]
 class SiteService:
     """One party's site: its database, configuration and calls to the other sites."""
 
-    def __init__(self, config: SiteConfig, db: Database, on_job_state: JobStateHook | None = None) -> None:
+    def __init__(self, config: SiteConfig, db: Database, on_job_state: JobStateHook | None = None,
+                 control: Any = None) -> None:
         self.config, self.db, self.party = config, db, config.party
         self._on_job_state = on_job_state
+        #: Running accepted jobs (fed.site.control.JobControl); None: this site runs nothing.
+        self.control = control
 
     # ---- client API -------------------------------------------------------------------------
     def submit(self, data: Any, actor: str) -> dict[str, Any]:
@@ -113,10 +116,24 @@ class SiteService:
         with self.db.session() as s:
             return views.pending_for(s, self.party, limit)
 
+    def stop(self, job_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """Stop a job in every party (through its scheduler), from any party's site."""
+        note = self.running().stop_job(job_id, reason, actor)
+        return {**self.status(job_id), "stop": note}
+
     def task_logs(self, job_id: str, task: str) -> str:
-        """This party's log tail of one task (never a partner's). Empty until the runner
-        that writes task logs is in place; the board shows it as "nothing logged yet"."""
-        return ""
+        """This party's own log tail of its latest run of ``task`` (never a partner's);
+        empty before the run wrote any, or at a site that runs no jobs."""
+        self.status(job_id)  # NotFoundError for an unknown job
+        if self.control is None:
+            return ""
+        return self.control.logs(job_id, task)
+
+    def running(self) -> Any:
+        """The site's JobControl; Conflict if the site was started without a runner."""
+        if self.control is None:
+            raise Conflict(f"the site of {self.party} runs no jobs (it was started without a runner)")
+        return self.control
 
     # ---- interconnect API (caller = the peer's party, from its certificate) -------------------
     def receive_proposal(self, caller: str, job_id: str, data: Any) -> dict[str, Any]:

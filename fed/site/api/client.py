@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from fed.site.api.auth import bearer
@@ -62,6 +63,15 @@ def client_router(service: SiteService) -> APIRouter:
     @r.post("/jobs/{job_id}/reject", summary="Reject a job held for this party (ends it for all)")
     def reject(job_id: str, body: Annotated[Decision, Body(default_factory=Decision)], actor: str = admin) -> dict[str, Any]:
         return service.decide(job_id, False, body.reason or "rejected", actor)
+
+    @r.post("/jobs/{job_id}/stop", summary="Stop a job in every party (from any party's site)")
+    def stop(job_id: str, body: Annotated[Decision, Body(default_factory=Decision)], actor: str = submitter) -> dict[str, Any]:
+        return service.stop(job_id, body.reason or "stopped", actor)
+
+    @r.get("/jobs/{job_id}/tasks/{task}/logs", summary="This party's own log tail of a task",
+           response_class=PlainTextResponse)
+    def logs(job_id: str, task: str, _: str = viewer) -> str:
+        return service.task_logs(job_id, task)
 
     _component_routes(r, service, viewer, admin)
     return r

@@ -95,6 +95,46 @@ class PartyTask(Base):
     state: Mapped[str] = mapped_column(String(STATE))
     reason: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The attempt this row describes (0: not started yet; the task's retries add attempts).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # This party's own run (kept at this party's site only; Ray's records die with its cluster):
+    port: Mapped[int | None] = mapped_column(Integer)
+    submission_id: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    #: Every party's channel address for this attempt (JSON), as the scheduler sent them.
+    addresses: Mapped[str] = mapped_column(Text, default="")
+
+
+class ChannelPort(Base):
+    """A channel port of this party's range held by one of its party tasks (unique, so two
+    tasks never share one; released when the run ends)."""
+
+    __tablename__ = "channel_ports"
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    job_id: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(NAME))
+    attempt: Mapped[int] = mapped_column(Integer)
+
+
+class OutboxMessage(Base):
+    """A call to another site not delivered yet: redelivered with backoff until the peer
+    answers (every such call is idempotent), in order per peer; survives restarts."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_party", "party", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    party: Mapped[str] = mapped_column(String(NAME))
+    url: Mapped[str] = mapped_column(String(300))
+    path: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class StateChange(Base):

@@ -62,6 +62,13 @@ _TASK_MOVES = _table({
     _T.RUNNING: {_T.SUCCEEDED, _T.FAILED, _T.CANCELED, _T.TIMEOUT, _T.WAITING},
 })
 
+# A party task's attempt that ended goes back to waiting when the scheduler retries its
+# task (every party runs the new attempt, also those whose run of the old one succeeded);
+# a party task is therefore final only once its task is.
+_PARTY_TASK_MOVES = {**_TASK_MOVES, **_table({
+    _T.SUCCEEDED: {_T.WAITING}, _T.FAILED: {_T.WAITING}, _T.CANCELED: {_T.WAITING}, _T.TIMEOUT: {_T.WAITING},
+})}
+
 #: ``{entity: {from_state: {allowed to_state, ...}}}``; states absent as keys are final.
 TRANSITIONS: dict[Entity, dict[str, frozenset[str]]] = {
     Entity.JOB: _table({
@@ -71,7 +78,7 @@ TRANSITIONS: dict[Entity, dict[str, frozenset[str]]] = {
     }),
     Entity.APPROVAL: _table({_A.PENDING: {_A.ACCEPTED, _A.REJECTED}}),
     Entity.TASK: _TASK_MOVES,
-    Entity.PARTY_TASK: _TASK_MOVES,
+    Entity.PARTY_TASK: _PARTY_TASK_MOVES,
 }
 
 #: The state each entity is created in.

@@ -34,7 +34,7 @@ def job_detail(s: Session, job_id: str) -> dict[str, Any]:
     by_task: dict[str, list[dict[str, Any]]] = {}
     for pt in party_tasks:
         by_task.setdefault(pt.task, []).append(
-            {"party": pt.party, "state": pt.state, "reason": pt.reason, "updated_at": iso(pt.updated_at)})
+            {"party": pt.party, "state": pt.state, "reason": pt.reason, "attempt": pt.attempt, "updated_at": iso(pt.updated_at)})
     out["tasks"] = [
         {"name": t.name, "component": t.component, "version": t.version, "state": t.state,
          "reason": t.reason, "attempt": t.attempt, "retries": t.retries, "timeout_s": t.timeout_s,
