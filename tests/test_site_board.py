@@ -13,7 +13,6 @@ what the board shows), else to a temporary directory (a test run leaves the tree
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import ssl
@@ -28,7 +27,6 @@ import httpx
 from sitekit import REPO
 from test_site_e2e import PARTIES, Federation, fed3  # noqa: F401 - fed3 is the sites' fixture
 
-from fed.site.client import SiteRequestError
 from fed.site.config import load_site
 from fed.site.core import store
 from fed.site.core.db import Database
@@ -282,49 +280,41 @@ def test_partner_logs_are_not_reachable(browser, sites):
 
 
 METRICS_URL = "/v1/jobs/{job_id}/metrics"
-FETCH_SHIM = """const real = window.fetch;
-window.fetch = (u, o) => String(u).endsWith("/metrics")
-  ? Promise.resolve(new Response(JSON.stringify({metrics: body}),
-                                 {status: 200, headers: {"Content-Type": "application/json"}}))
-  : real(u, o);"""
+def _log_fedavg_metrics(fed: Federation, job_id: str, tmp: Path) -> None:
+    """Each party's FedAvg run reports accuracy and loss per round through the task
+    context (as examples/jobs/components.py does), and its site ingests the file the way
+    its executor does; bob and carol share their series (``share_metrics``)."""
+    from fed.site.core.metrics import ingest_metrics_file
+    from fed.site.core.models import Component
+    from fed.site.runner.base import TaskLaunch
+    from fed.site.taskcontext import METRICS_FILE, TaskContext
 
-
-def _fedavg_points() -> list[dict]:
-    """Per-round accuracy and loss as the FedAvg component reports them (the API's shape)."""
-    out = []
     for k, party in enumerate(PARTIES):
-        acc = [[r, round(0.52 + 0.4 * (1 - 0.72 ** r) - 0.012 * k, 4), "2026-01-01T00:00:00Z"] for r in range(1, 11)]
-        loss = [[r, round(0.71 * 0.8 ** r + 0.05 + 0.01 * k, 4), "2026-01-01T00:00:00Z"] for r in range(1, 11)]
-        out += [{"party": party, "task": "train", "name": "accuracy", "points": acc},
-                {"party": party, "task": "train", "name": "loss", "points": loss}]
-    return out
+        out = tmp / party
+        ctx = TaskContext(TaskLaunch(job_id, "train", 1, party, "stats", "1", "demo.stats:run", {},
+                                     output_dir=str(out)))
+        for r in range(1, 11):
+            ctx.log_metrics({"accuracy": 0.52 + 0.4 * (1 - 0.72 ** r) - 0.012 * k,
+                             "loss": 0.71 * 0.8 ** r + 0.05 + 0.01 * k}, step=r)
+        db = site_db(fed, party)
+        with db.session() as s:
+            ingest_metrics_file(s, job_id, "train", party, out / METRICS_FILE)
+            if party != "alice":
+                s.get(Component, ("stats", "1")).share_metrics = True
+        db.close()
 
 
-def test_metrics_chart_draws_every_series(browser, sites):
+def test_metrics_chart_draws_every_series(browser, sites, tmp_path):
     job_id = submit(sites, PIPELINE, "fedavg-metrics")
+    _log_fedavg_metrics(sites, job_id, tmp_path)
     with sites.client("alice", "viewer") as alice:
-        try:
-            served = alice.request("GET", METRICS_URL.format(job_id=job_id))["metrics"]
-        except SiteRequestError as exc:
-            if exc.status != 404:
-                raise
-            served = None
-    shim = None
-    if served is None:
-        # This site has no metrics API yet: answer the page's request with the API's
-        # documented shape, in the browser, before the page's scripts run.
-        source = ("const body = " + json.dumps(_fedavg_points()) + ";" + FETCH_SHIM)
-        shim = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
-    else:
-        assert served, "the metrics API answered no points: ingest the FedAvg task's metrics first"
-    try:
-        login(browser, sites, "alice", "viewer")
-        browser.get(f"{sites.urls['alice']}/board/jobs/{job_id}")
-        wait_for(browser, lambda d: d.find_element("id", "metrics").get_attribute("data-loaded") not in (None, "0"),
-                 "the metrics charts")
-    finally:
-        if shim is not None:
-            browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", shim)
+        served = alice.request("GET", METRICS_URL.format(job_id=job_id))["metrics"]
+    assert sorted({(m["party"], m["name"]) for m in served}) == sorted(
+        (p, n) for p in PARTIES for n in ("accuracy", "loss"))
+    login(browser, sites, "alice", "viewer")
+    browser.get(f"{sites.urls['alice']}/board/jobs/{job_id}")
+    wait_for(browser, lambda d: d.find_element("id", "metrics").get_attribute("data-loaded") not in (None, "0"),
+             "the metrics charts")
     charts = css(browser, "#charts .chart")
     assert sorted(c.get_attribute("data-metric") for c in charts) == ["accuracy", "loss"]
     for chart in charts:

@@ -201,6 +201,13 @@ def final_states(sites: list[Site], root: Path, job_id: str) -> dict[str, str]:
     return states
 
 
+def print_metrics(client: Any, job_id: str) -> None:
+    """What the components logged at alice's site, e.g. FedAvg's accuracy per round."""
+    for series in client.request("GET", f"/v1/jobs/{job_id}/metrics")["metrics"]:
+        values = " ".join(f"{value:.3f}" for _step, value, _at in series["points"][-10:])
+        print(f"  {series['party']} {series['task']} {series['name']}: {values}")
+
+
 def stop_sites(sites: list[Site]) -> None:
     for site in sites:
         if site.proc is not None and site.proc.poll() is None:
@@ -253,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             states = final_states(sites, root, job["id"])
             for party, state in states.items():
                 print(f"  {party}: {state}")
+            print_metrics(client, job["id"])
             ok = all(state.startswith("succeeded") for state in states.values())
             print("the job succeeded in every party" if ok else "the job did not succeed", flush=True)
             if args.serve:
