@@ -3,7 +3,7 @@
     python scripts/site_openapi.py          # rewrite the file
     python scripts/site_openapi.py --check  # exit 1 if the file differs from the code
 
-The document is built from the application itself (no server, an in-memory database),
+The document is built from the application itself (no server, a throwaway database),
 so docs/interconnect.md and this file describe exactly what a site serves.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +21,13 @@ TARGET = REPO / "docs" / "site-openapi.json"
 def openapi_text() -> str:
     sys.path.insert(0, str(REPO))
     from fed.site.api.app import create_app
-    from fed.site.config import Federation, FederationParty, Listen, SiteConfig, TlsFiles
+    from fed.site.config import (
+        Federation,
+        FederationParty,
+        Listen,
+        SiteConfig,
+        TlsFiles,
+    )
     from fed.site.core.db import Database
     from fed.site.service import SiteService
 
@@ -29,9 +36,14 @@ def openapi_text() -> str:
         database="sqlite://", tls=TlsFiles.model_construct(cert="", key="", ca_cert=""),
         federation=Federation.model_construct(parties={"PARTY": FederationParty.model_construct(
             site="https://site.example:443", channel=None)}))
-    app = create_app(SiteService(config, Database("sqlite://")))
-    app.title = "rayfed site"
-    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{tmp}/site.db")
+        db.migrate()
+        app = create_app(SiteService(config, db))
+        app.title = "rayfed site"
+        text = json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+        db.close()
+    return text
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = ["getting-started", "concepts", "api", "simulation", "deployment",
          "troubleshooting", "migrating-from-rayfed", "security", "reliability", "protocol",
-         "architecture", "benchmarks", "sites", "codec-library-tags", "kubernetes", "observability"]
+         "architecture", "benchmarks", "sites", "codec-library-tags", "kubernetes", "observability", "interconnect"]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _MARKER = re.compile(r"<!--\s*(not-run|run|fed-run)\s*(?::\s*(.*?))?\s*-->\s*$")

@@ -101,6 +101,16 @@ class Site:
             return s.query(ChannelPort).count()
 
 
+def _scheduler_only_runner(site_dir: Path):
+    """The runner site.yaml gives a ``--scheduler-only`` site: one that runs nothing."""
+    from fed.site.runner.none import NoRunner
+    from fed.site.server import site_runner
+
+    runner, _ = site_runner(load_site(site_dir), site_dir)
+    assert isinstance(runner, NoRunner), runner
+    return runner
+
+
 def _ok(*args: str) -> str:
     proc = fed_cli(*args)
     assert proc.returncode == 0, f"fed {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
@@ -125,15 +135,16 @@ def fed4(request, tmp_path_factory):
     for p in PARTIES:
         site = str(root / p)
         db = ["--database", server.new_database()] if server else []
+        only = ["--scheduler-only"] if p == "dave" else []  # dave holds no data, runs nothing
         _ok("site", "init", site, "--party", p, "--federation", str(fed_file), "--certs", str(root / "certs"),
-            "--auto-accept-initiators", "alice", "--auto-accept-components", "work", *db)
+            "--auto-accept-initiators", "alice", "--auto-accept-components", "work", *db, *only)
         (root / p / "site.yaml").write_text((root / p / "site.yaml").read_text()
                                             + "sync: {poll_interval_s: 0.3, safety_poll_s: 2.0, tick_s: 0.1}\n")
         for comp in ("work", "held"):  # "held" is not auto-accepted: it waits for a person
             _ok("site", "component", "add", site, comp, "--entrypoint", f"demo_{p}.{comp}:run", "--version", "1")
         tokens[p] = _ok("site", "token", "create", site, "--role", "admin").strip()
     lease.release()
-    sites = {p: Site(root / p) for p in PARTIES}
+    sites = {p: Site(root / p, _scheduler_only_runner(root / p) if p == "dave" else None) for p in PARTIES}
     try:
         for site in sites.values():
             site.start()
@@ -238,7 +249,11 @@ def test_third_party_scheduler_runs_no_task(fed4):
     views = _everywhere(fed4, job["id"], parties=PARTIES)
     for party, view in views.items():
         assert view["state"] == "succeeded", (party, _brief(view))
-    assert not [sid for sid in fed4[3]["dave"].runner.launches if job["id"] in sid]
+    # dave's site is --scheduler-only: its runner refuses every run, so the job succeeding
+    # everywhere shows the scheduler never asked it to run one.
+    from fed.site.runner.none import NoRunner
+
+    assert isinstance(fed4[3]["dave"].runner, NoRunner)
 
 
 def test_run_calls_are_refused_to_the_wrong_party(fed4):

@@ -53,11 +53,14 @@ def _init(args: argparse.Namespace) -> int:
         write_site,
     )
     from fed.site.core.policy import ApprovalPolicy
+    from fed.site.errors import SiteConfigError
 
     federation = load_federation(Path(args.federation))
     policy = ApprovalPolicy(auto_accept_initiators=_split(args.auto_accept_initiators),
                             auto_accept_components=_split(args.auto_accept_components))
-    runner = RunnerConfig(ray_address=args.ray_address)
+    if args.scheduler_only and args.ray_address:
+        raise SiteConfigError("--scheduler-only runs no tasks: leave out --ray-address")
+    runner = RunnerConfig(kind="none") if args.scheduler_only else RunnerConfig(ray_address=args.ray_address)
     config = build_site_config(Path(args.dir), args.party, federation, _tls_files(args), args.database, policy,
                                runner)
     path = write_site(Path(args.dir), config, force=args.force)
@@ -65,7 +68,8 @@ def _init(args: argparse.Namespace) -> int:
     print(f"site of party {config.party} written to {path}")
     print(f"  serves {config.url} (listens on {config.listen.host}:{config.listen.port})")
     print(f"  runs tasks on the Ray cluster at {config.runner.ray_address}" if config.runner.ray_address
-          else "  runs no tasks (no --ray-address)")
+          else "  schedules jobs, runs no tasks (--scheduler-only)" if args.scheduler_only
+          else "  approves jobs, runs no tasks (no --ray-address)")
     print(f"next: fed site token create {args.dir} --role admin; fed site start {args.dir}")
     return 0
 
@@ -189,6 +193,8 @@ def _add_init(sub: Any) -> None:
     p.add_argument("--ray-address", default=None, metavar="URL",
                    help="dashboard of this party's Ray cluster, where tasks are submitted, e.g. "
                         "http://127.0.0.1:8265 (none: the site approves and schedules jobs but runs no task)")
+    p.add_argument("--scheduler-only", action="store_true",
+                   help="a third party holding no data: schedules the jobs naming it as scheduler, runs no task")
     p.add_argument("--force", action="store_true", help="replace an existing site.yaml")
     p.set_defaults(handler=_handler(_init))
 

@@ -98,13 +98,14 @@ class KubernetesRunnerConfig(BaseModel):
 class RunnerConfig(BaseModel):
     """What runs this party's tasks. ``local``: jobs on the party's Ray cluster through
     its dashboard's Job Submission API at ``ray_address``; ``kubernetes``: RayJobs on the
-    party's RayCluster (its subsection). Task output goes to
+    party's RayCluster (its subsection); ``none``: the site runs no tasks but schedules
+    the jobs it is the scheduler of (a third party holding no data). Task output goes to
     ``<workdir>/<job_id>/<task>/`` (``workdir`` relative to the site directory)."""
 
     model_config = _MODEL
-    kind: Literal["local", "kubernetes"] = "local"
-    #: The dashboard of the party's Ray cluster; None: this site runs no tasks (it can
-    #: still propose, approve and schedule, e.g. as a third-party scheduler).
+    kind: Literal["local", "kubernetes", "none"] = "local"
+    #: The dashboard of the party's Ray cluster; None with kind ``local``: this site
+    #: proposes and approves jobs but neither schedules nor runs them.
     ray_address: str | None = None
     #: The Ray cluster's token file when its token authentication is on (default: where
     #: Ray keeps it, RAY_AUTH_TOKEN or ~/.ray/auth_token).

@@ -102,13 +102,18 @@ def serve(site_dir: Path, log_level: str = "warning", on_ready: Callable[[SiteCo
 def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, Path]:
     """The runner of this site's party tasks, from site.yaml's ``runner`` section, and the
     directory for task outputs (``workdir``, relative to the site directory). No runner
-    (a local runner without ``ray_address``): the site approves jobs but runs none."""
+    (a local runner without ``ray_address``): the site approves jobs but neither schedules
+    nor runs them; ``kind: none`` schedules and runs none (a third-party scheduler)."""
     section = config.runner
     workdir = (Path(site_dir) / section.workdir).resolve()
     if section.kind == "kubernetes" and section.kubernetes is not None:
         from fed.site.runner.kubernetes import RayJobRunner
 
         return RayJobRunner.from_config(section.kubernetes), workdir
+    if section.kind == "none":
+        from fed.site.runner.none import NoRunner
+
+        return NoRunner(), workdir
     if section.ray_address is None:
         return None, workdir
     from fed.site.runner.ray_jobs import RayJobsRunner

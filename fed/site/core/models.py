@@ -39,6 +39,9 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # Newest-first lists, with and without a state filter (migration 0004).
+    __table_args__ = (Index("ix_jobs_created", "created_at", "id"),
+                      Index("ix_jobs_state_created", "state", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
