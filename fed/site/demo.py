@@ -100,7 +100,9 @@ def init_sites(root: Path, federation: dict[str, Any], clusters: list[Any]) -> l
         site = Site(party, site_dir, federation["parties"][party]["site"])
         with db.session() as s:
             for name, entrypoint in COMPONENTS.items():
-                components.add_component(s, name, "1", entrypoint)
+                # Each demo party shares FedAvg's accuracy with its partners (a party's
+                # choice per component; private by default).
+                components.add_component(s, name, "1", entrypoint, share_metrics=name == "fedavg")
             site.viewer = create_token(s, Role.VIEWER, "demo viewer")
             site.submitter = create_token(s, Role.ADMIN, "demo admin")
         db.close()
@@ -251,8 +253,9 @@ def run(args: argparse.Namespace) -> int:
             sites = init_sites(root, federation, clusters)
             lease.release()  # the sites and clusters hold their ports now
             start_sites(sites, root, repo)
-            for site in sites:
-                print(f"  {site.party}: site {site.url}  board {site.url}/board/  Ray {clusters[sites.index(site)].dashboard_url}")
+            for site, cluster in zip(sites, clusters):
+                token = f"  viewer token {site.viewer}" if args.serve else ""
+                print(f"  {site.party}: site {site.url}  board {site.url}/board/  Ray {cluster.dashboard_url}{token}")
             client = SiteClient(sites[0].url, sites[0].submitter, str(root / "certs" / "ca.crt"))
             job = client.submit(job_spec(repo, federation, args.sync_mode))
             print(f"submitted job {job['id']} at alice's site ({job_spec(repo, federation, args.sync_mode)['sync_mode']} mode)")

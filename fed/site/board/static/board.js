@@ -109,7 +109,12 @@
         box.dataset.loaded = String(drawn);
       });
     load();
-    setInterval(() => { if (!FINAL.includes(root.dataset.state)) load(); }, 5000);
+    // While the job runs, and once more after it ended (its last points arrive at its end).
+    let loadedFinal = FINAL.includes(root.dataset.state);
+    setInterval(() => {
+      const ended = FINAL.includes(root.dataset.state);
+      if (!ended || !loadedFinal) { load(); loadedFinal = ended; }
+    }, 5000);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
