@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
     repo = checkout_root()
     lease = PortLease()
-    with workspace(args.dir) as root:
+    with stop_signals(), workspace(args.dir) as root:
         federation = write_federation(root, lease)
         create_dev_pki(list(PARTIES), root / "certs")
         print(f"starting three Ray clusters and three sites under {root} ...", flush=True)
@@ -276,20 +276,33 @@ def run(args: argparse.Namespace) -> int:
             lease.release()
 
 
-def serve(sites: list[Site]) -> None:
-    """Keep the sites up until Ctrl+C, printing where to look and a viewer token each."""
-    print("\nthe sites stay up until Ctrl+C:")
-    for site in sites:
-        print(f"  {site.party}: {site.url}/board/  viewer token: {site.viewer}")
-    stop = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl+C and SIGTERM end the demo through its cleanup (KeyboardInterrupt), whatever
+    the disposition it inherited: a shell starts background commands with SIGINT ignored,
+    and Python's default for SIGTERM would leave the clusters and sites running."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(sites: list[Site]) -> None:
+    """Keep the sites up until Ctrl+C (or SIGTERM), printing where to look and a viewer
+    token each."""
+    print("\nthe sites stay up until Ctrl+C:", flush=True)
+    for site in sites:
+        print(f"  {site.party}: {site.url}/board/  viewer token: {site.viewer}", flush=True)
+    try:
+        while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        print("stopping the sites and the Ray clusters", flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
