@@ -22,7 +22,6 @@ from fed.site.config import SiteConfig
 from fed.site.core import outbox, runs, store
 from fed.site.core.db import Database
 from fed.site.core.models import Job
-from fed.site.core.spec import spec_from_json
 from fed.site.core.states import ApprovalState, Entity, JobState, is_final
 from fed.site.errors import AccessDenied, Conflict, NotFoundError, SiteError
 from fed.site.executor import PartyExecutor
@@ -160,12 +159,7 @@ class JobControl:
 
     def _check(self, caller: str, job_id: str, scheduler_only: bool = False, at_scheduler: bool = False) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFoundError(f"no job {job_id!r} at {self.party}'s site")
-            spec = spec_from_json(job.spec_json)
-        if caller not in spec.party_names:
-            raise AccessDenied(f"party {caller!r} is not a party of job {job_id}")
+            spec = store.spec_for_party(s, job_id, caller, self.party)
         if scheduler_only and caller != spec.scheduler_party:
             raise AccessDenied(f"only the scheduler {spec.scheduler_party!r} of job {job_id} may do this")
         if at_scheduler and self.party != spec.scheduler_party:

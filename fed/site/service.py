@@ -27,7 +27,7 @@ from fed.site.core import components, store, views
 from fed.site.core.db import Database
 from fed.site.core.models import Job
 from fed.site.core.policy import judge
-from fed.site.core.spec import JobSpec, missing_components, parse_spec, spec_from_json
+from fed.site.core.spec import JobSpec, missing_components, parse_spec
 from fed.site.core.states import ApprovalState, Entity, JobState, is_final
 from fed.site.errors import (
     AccessDenied,
@@ -216,12 +216,7 @@ class SiteService:
     def _job_for(self, caller: str, job_id: str, initiator_only: bool = False) -> JobSpec:
         """The job's spec if ``caller`` is one of its parties (its initiator, if required)."""
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFoundError(f"no job {job_id!r} at {self.party}'s site")
-            spec = spec_from_json(job.spec_json)
-        if caller not in spec.party_names:
-            raise AccessDenied(f"party {caller!r} is not a party of job {job_id}")
+            spec = store.spec_for_party(s, job_id, caller, self.party)
         if initiator_only and caller != spec.initiator:
             raise AccessDenied(f"only the initiator {spec.initiator!r} of job {job_id} may do this")
         return spec

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fed.site.core.models import Job, JobParty, PartyTask, StateChange, Task, utcnow
-from fed.site.core.spec import JobSpec
+from fed.site.core.spec import JobSpec, spec_from_json
 from fed.site.core.states import (
     INITIAL,
     ApprovalState,
@@ -25,7 +25,7 @@ from fed.site.core.states import (
     TaskState,
     check_transition,
 )
-from fed.site.errors import NotFoundError
+from fed.site.errors import AccessDenied, NotFoundError
 
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 Record = Job | JobParty | Task | PartyTask
@@ -141,3 +141,15 @@ def iso(ts: Any) -> str | None:
     if ts.tzinfo is not None:
         ts = ts.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return ts.isoformat(timespec="milliseconds") + "Z"
+
+
+def spec_for_party(s: Session, job_id: str, caller: str, here: str) -> JobSpec:
+    """The job's spec if ``caller`` is one of its parties (the check every interconnect
+    call makes first); NotFoundError or AccessDenied otherwise. ``here``: this site's party."""
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r} at {here}'s site")
+    spec = spec_from_json(job.spec_json)
+    if caller not in spec.party_names:
+        raise AccessDenied(f"party {caller!r} is not a party of job {job_id}")
+    return spec
