@@ -27,9 +27,25 @@ def combine(a, b):
     return a + b
 
 
-def scrape(port: int, want: set[str], timeout_s: float = 90) -> dict[str, float]:
-    """``{series line: value}`` of the rayfed metrics once every name in ``want`` has a
-    non-zero value (the agent exports what workers reported, every second here)."""
+def nonzero_names(found: dict[str, float]) -> set[str]:
+    return {series.split("{")[0] for series, value in found.items() if value > 0}
+
+
+def values_sent(found: dict[str, float], party: str, peer: str) -> float:
+    return sum(v for s, v in found.items() if s.startswith("ray_rayfed_values_sent_total{")
+               and f'peer="{peer}"' in s and f'party="{party}"' in s)
+
+
+def complete(found: dict[str, float], party: str) -> bool:
+    """Every wanted metric is non-zero and all the rounds' sends are counted: the agent
+    exports what workers reported so far, so an early scrape may hold only the first send."""
+    peer = "bob" if party == "alice" else "alice"
+    return WANT[party] <= nonzero_names(found) and values_sent(found, party, peer) >= ROUNDS
+
+
+def scrape(port: int, party: str, timeout_s: float = 90) -> dict[str, float]:
+    """``{series line: value}`` of the rayfed metrics once ``complete``, or the last
+    scrape when the deadline passes (the test's assertions then say what is missing)."""
     deadline = time.monotonic() + timeout_s
     found: dict[str, float] = {}
     while time.monotonic() < deadline:
@@ -37,8 +53,7 @@ def scrape(port: int, want: set[str], timeout_s: float = 90) -> dict[str, float]
             text = resp.read().decode()
         found = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                  for line in text.splitlines() if line.startswith("ray_rayfed_")}
-        nonzero = {series.split("{")[0] for series, value in found.items() if value > 0}
-        if want <= nonzero:
+        if complete(found, party):
             return found
         time.sleep(1)
     return found
@@ -57,6 +72,7 @@ def refuse_one(address: str) -> None:
             pass
 
 
+ROUNDS = 3
 WANT = {
     "alice": {"ray_rayfed_values_sent_total", "ray_rayfed_bytes_sent_total",
               "ray_rayfed_values_received_total", "ray_rayfed_bytes_received_total",
@@ -75,12 +91,12 @@ def job(party: str, addresses: dict, metrics_ports: dict) -> dict[str, float]:
              _system_config={"metrics_report_interval_ms": 1000})
     fed.init(addresses=addresses, party=party)
     total = None
-    for round_ in range(3):
+    for round_ in range(ROUNDS):
         a, b = make.party("alice").remote(1000 + round_), make.party("bob").remote(1000 + round_)
         total = fed.get(combine.party("bob").remote(a, combine.party("alice").remote(a, b)))
     if party == "alice":
         refuse_one(addresses["alice"])
-    found = scrape(metrics_ports[party], WANT[party])
+    found = scrape(metrics_ports[party], party)
     fed.shutdown()
     return {"sum": float(total.sum()), "metrics": found}
 
@@ -90,12 +106,9 @@ def test_a_two_party_job_exports_the_channel_metrics():
     assert_all_ok(outcomes)
     for party, outcome in outcomes.items():
         found = outcome.result["metrics"]
-        nonzero = {series.split("{")[0] for series, value in found.items() if value > 0}
-        assert WANT[party] <= nonzero, (party, sorted(found))
+        assert WANT[party] <= nonzero_names(found), (party, sorted(found))
         peer = "bob" if party == "alice" else "alice"
-        sent = next(v for s, v in found.items() if s.startswith("ray_rayfed_values_sent_total{")
-                    and f'peer="{peer}"' in s and f'party="{party}"' in s)
-        assert sent >= 3
+        assert values_sent(found, party, peer) >= ROUNDS, (party, sorted(found.items()))
         assert any(s.startswith("ray_rayfed_barrier_held_bytes{") for s in found), sorted(found)
     refusals = [s for s in outcomes["alice"].result["metrics"] if s.startswith("ray_rayfed_refusals_total{")]
     assert any('reason="protocol"' in s for s in refusals), refusals
