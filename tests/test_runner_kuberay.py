@@ -30,7 +30,9 @@ from fed.cli.ports import PortLease
 from fed.deploy.names import rayjob_name
 from fed.site.runner.base import FINAL_RUN_STATES, RunState
 from fed.site.runner.kubeapi import KubeApi
+from fed.site.config import KubernetesRunnerConfig, RunnerConfig, SiteConfig
 from fed.site.runner.kubernetes import RayJobRunner
+from fed.site.server import site_runner
 
 TESTS = Path(__file__).resolve().parent
 NS = CLUSTER = "rayfed-alice"
@@ -114,3 +116,26 @@ def test_the_task_gets_the_rayjobs_environment(kuberay, tmp_path):
     rayjob = standin.rayjobs[(NS, rayjob_name(launch.submission_id))]
     assert rayjob["status"]["jobDeploymentStatus"] == "Complete" and rayjob["status"]["jobStatus"] == "SUCCEEDED"
     assert str(standin.operator.client.get_job_info(launch.submission_id).status.value) == "SUCCEEDED"
+
+
+def test_the_site_gives_its_rayjob_runner_the_ray_token_of_site_yaml(kuberay, ray_cluster, tmp_path):
+    """runner.ray_token_file reaches the RayJob runner that site.yaml makes: stopping a
+    run goes through the cluster's dashboard, which refuses calls without the token."""
+    standin, _ = kuberay
+    sa_token, ray_token = tmp_path / "sa", tmp_path / "ray-token"
+    sa_token.write_text(standin.token)
+    ray_token.write_text(ray_cluster.token + "\n")
+    kube = KubernetesRunnerConfig(ray_cluster=CLUSTER, namespace=NS, api_url=standin.url,
+                                  token_file=str(sa_token), ca_file=standin.ca_file)
+    config = SiteConfig.model_construct(runner=RunnerConfig(kind="kubernetes", kubernetes=kube,
+                                                            ray_token_file=str(ray_token)))
+    runner, _ = site_runner(config, tmp_path)
+    try:
+        launch = make_factory(tmp_path)("gated", {"gate": str(tmp_path / "never"),
+                                                  "counter": str(tmp_path / "count")})
+        runner.submit(launch)
+        runner_contract.wait_for(runner, launch.submission_id, {RunState.RUNNING})
+        runner.stop(launch.submission_id)
+        assert _ray_job_ends(standin.operator.client, launch.submission_id) == "STOPPED"
+    finally:
+        runner.close()

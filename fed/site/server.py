@@ -108,8 +108,12 @@ def site_runner(config: SiteConfig, site_dir: Path) -> tuple[TaskRunner | None, 
     workdir = (Path(site_dir) / section.workdir).resolve()
     if section.kind == "kubernetes" and section.kubernetes is not None:
         from fed.site.runner.kubernetes import RayJobRunner
+        from fed.site.runner.ray_jobs import find_ray_token
 
-        return RayJobRunner.from_config(section.kubernetes), workdir
+        # The dashboard stops runs and serves their logs; with Ray's token
+        # authentication on it wants the cluster's token, as the local runner does.
+        token = find_ray_token(section.ray_token_file)
+        return RayJobRunner.from_config(section.kubernetes, dashboard_token=token), workdir
     if section.kind == "none":
         from fed.site.runner.none import NoRunner
 
