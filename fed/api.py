@@ -43,10 +43,7 @@ def init(
     ``addresses={"alice": "host:port"}`` with Ray already initialised by the caller.
     ``mode="simulation"`` runs every party's calls in this one process.
     """
-    if isinstance(address, Mapping):  # RayFed's positional form: fed.init(addresses, party)
-        addresses, address = address, None
-        if isinstance(cluster, str) and party is None:
-            party, cluster = cluster, None
+    address, cluster, party, addresses = _rayfed_positional_form(address, cluster, party, addresses)
     if _context.peek() is not None:
         raise FedError("fed.init was already called in this process: call fed.shutdown() first")
     if sender_proxy_cls or receiver_proxy_cls or receiver_sender_proxy_cls:
@@ -63,12 +60,7 @@ def init(
     )
     log = _log.party_logger(cfg.party if cfg.mode == "production" else "simulation", cfg.job_name)
     if default_job and cfg.mode == "production" and len(cfg.parties) > 1:
-        log.warning(
-            "no job_name given: every run of this script is job %r, so a party left over "
-            "from an earlier run could take this run's values as its own. Pass a job_name "
-            "unique to the run to fed.init in every party, or start the parties with "
-            "`fed run` (it sets %s).", cfg.job_name, _JOB_NAME_ENV,
-        )
+        _warn_default_job_name(log, cfg.job_name)
     started_ray = _start_ray(address, log)
     failures = SendFailurePolicy(sending_failure_handler, cfg.comm.exit_on_sending_failure, log)
     transport = _start_transport(cfg, failures, started_ray)
@@ -80,6 +72,25 @@ def init(
         "joined job %r as %r (%s mode) with parties %s",
         cfg.job_name, cfg.party, cfg.mode,
         {p: str(a.address) for p, a in cfg.parties.items()},
+    )
+
+
+def _rayfed_positional_form(address: Any, cluster: Any, party: Optional[str],
+                            addresses: Optional[Mapping[str, Any]]) -> tuple:
+    """RayFed's ``fed.init(addresses, party)`` as (address, cluster, party, addresses)."""
+    if isinstance(address, Mapping):
+        addresses, address = address, None
+        if isinstance(cluster, str) and party is None:
+            party, cluster = cluster, None
+    return address, cluster, party, addresses
+
+
+def _warn_default_job_name(log: logging.LoggerAdapter, job_name: str) -> None:
+    log.warning(
+        "no job_name given: every run of this script is job %r, so a party left over "
+        "from an earlier run could take this run's values as its own. Pass a job_name "
+        "unique to the run to fed.init in every party, or start the parties with "
+        "`fed run` (it sets %s).", job_name, _JOB_NAME_ENV,
     )
 
 

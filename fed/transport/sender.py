@@ -100,40 +100,24 @@ class SenderProxy:
         hooks: Optional[SenderHooks] = None,
         metrics: ChannelMetrics | None = None,
     ) -> None:
-        from fed.transport.tls import client_context
-
-        self._party = party
+        self._party, self._job = party, job
         self._metrics = metrics or ChannelMetrics.off()
-        self._job = job
         self._hooks = hooks or SenderHooks.detached()
+        self._log = party_logger(party, job)
         self._addresses = {p: a for p, a in addresses.items() if p != party}
         peers = list(self._addresses)
-        # One context per peer: with per-party CAs each trusts only that peer's CA.
-        self._ssl: Optional[dict[str, ssl.SSLContext]] = (
-            {p: client_context(tls, p) for p in peers} if tls is not None else None
-        )
-        self._job_secret: Optional[bytes] = comm.get("job_secret")
-        self._timeout_s = comm["timeout_in_ms"] / 1000.0
-        self._chunk = int(comm["chunk_size_in_bytes"])
-        self._max_message = comm.get("messages_max_size_in_bytes")
-        self._expose_trace = bool(comm.get("expose_error_trace"))
-        self._policy: payload.WirePolicy = comm.get("wire_policy") or payload.WirePolicy()
-        self._peer_timeout_s = float(comm["peer_timeout_s"])
-        self._startup_timeout_s = float(comm["startup_timeout_s"])
-        per_peer = int(comm["connections_per_peer"])
+        self._read_settings(comm)
+        self._set_up_security(tls, addresses, peers, comm)
         self._idle: dict[str, queue.SimpleQueue] = {p: queue.SimpleQueue() for p in peers}
         # Per-peer data threads: a slow or dead peer holds only its own.
-        self._data = {p: WorkerThreads(f"fed-send-{p}", per_peer) for p in peers}
+        self._data = {p: WorkerThreads(f"fed-send-{p}", int(comm["connections_per_peer"])) for p in peers}
         self._control = WorkerThreads("fed-control", 2 * len(peers) + 1)
         self._beats = WorkerThreads("fed-heartbeat", len(peers))
-        self._log = party_logger(party, job)
         self._closed = threading.Event()
         self._lock = threading.Lock()  # counters below are updated from worker threads
         self._sent_values: dict[str, int] = {}
         self._sent_bytes: dict[str, int] = {}
-        self._retries = 0
-        self._refused = 0
-        self._failed = 0
+        self._retries = self._refused = self._failed = 0
         self._last_seen: dict[str, float] = {}
         self._next_ordinal: dict[str, int] = {}  # per peer: above every ordinal sent to it
         self._heartbeat_errors: dict[str, str] = {}  # last heartbeat failure per peer
@@ -143,6 +127,27 @@ class SenderProxy:
         self._finished: set[str] = set()  # peers whose BYE reached our receiver
         self._heartbeat: Optional[asyncio.Task] = None
         self._failure_notices: set[asyncio.Task] = set()  # send_failed notices in flight
+
+    def _read_settings(self, comm: dict[str, Any]) -> None:
+        """The channel settings (cross_silo_comm) the sender uses, once."""
+        self._job_secret: Optional[bytes] = comm.get("job_secret")
+        self._timeout_s = comm["timeout_in_ms"] / 1000.0
+        self._chunk = int(comm["chunk_size_in_bytes"])
+        self._max_message = comm.get("messages_max_size_in_bytes")
+        self._expose_trace = bool(comm.get("expose_error_trace"))
+        self._policy: payload.WirePolicy = comm.get("wire_policy") or payload.WirePolicy()
+        self._peer_timeout_s = float(comm["peer_timeout_s"])
+        self._startup_timeout_s = float(comm["startup_timeout_s"])
+
+    def _set_up_security(self, tls: Optional[Any], addresses: dict[str, tuple[str, int]],
+                         peers: list[str], comm: dict[str, Any]) -> None:
+        """TLS contexts and peer identity checks, the egress allowlist, the audit log."""
+        from fed.transport.tls import client_context
+
+        # One context per peer: with per-party CAs each trusts only that peer's CA.
+        self._ssl: Optional[dict[str, ssl.SSLContext]] = (
+            {p: client_context(tls, p) for p in peers} if tls is not None else None
+        )
         self._identity = None
         if tls is not None:
             from fed.transport.identity import IdentityVerifier
