@@ -220,22 +220,9 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
     out["tiny_s_per_iter"] = (time.perf_counter() - start) / params["tiny_iters"]
 
     # ---- FL round: 25 MB model per party, mean in alice, back to both ----
-    ta = Trainer.party("alice").remote(0)
-    tb = Trainer.party("bob").remote(1000)
-    mean = None
-    round_times = []
-    for r in range(params["fl_warmup"] + params["fl_rounds"]):
-        start = time.perf_counter()
-        wa = ta.train.remote(mean) if mean is not None else ta.train.remote()
-        wb = tb.train.remote(mean) if mean is not None else tb.train.remote()
-        mean = fl_mean.party("alice").remote(wa, wb)
-        weights = fed.get(mean)
-        round_times.append(time.perf_counter() - start)
-        if len(weights) != FL_ARRAYS or weights[0].nbytes != FL_ARRAY_FLOATS * 4:
-            raise AssertionError("FL round gave a wrong model")
-    out["fl_round_s"] = round_times[params["fl_warmup"]:]
+    out["fl_round_s"] = _fl_rounds(params, Trainer, fl_mean, _numpy_model_ok)
     if params.get("torch"):
-        out["torch_fl_round_s"] = _torch_fl_rounds(params)
+        out["torch_fl_round_s"] = _fl_rounds(params, TorchTrainer, torch_fl_mean, _torch_model_ok)
 
     _sync()
     fed.shutdown()
@@ -254,22 +241,31 @@ def _big_pushes(run_dir: str, party: str, nbytes: int, reps: int, step: str,
     return times
 
 
-def _torch_fl_rounds(params: dict) -> list[float]:
-    """The FL round with the model as a PyTorch state_dict (50 float32 tensors)."""
-    ta = TorchTrainer.party("alice").remote(0)
-    tb = TorchTrainer.party("bob").remote(1000)
+def _fl_rounds(params: dict, trainer: Any, mean_of: Any, model_ok: Any) -> list[float]:
+    """Seconds per FL round (after the warm-up rounds): each party's trainer returns its
+    model, alice averages both, the mean goes back to both for the next round."""
+    ta = trainer.party("alice").remote(0)
+    tb = trainer.party("bob").remote(1000)
     mean = None
     round_times = []
     for _ in range(params["fl_warmup"] + params["fl_rounds"]):
         start = time.perf_counter()
         wa = ta.train.remote(mean) if mean is not None else ta.train.remote()
         wb = tb.train.remote(mean) if mean is not None else tb.train.remote()
-        mean = torch_fl_mean.party("alice").remote(wa, wb)
-        state = fed.get(mean)
+        mean = mean_of.party("alice").remote(wa, wb)
+        model = fed.get(mean)
         round_times.append(time.perf_counter() - start)
-        if len(state) != FL_ARRAYS or state["layer0.weight"].numel() != FL_ARRAY_FLOATS:
-            raise AssertionError("torch FL round gave a wrong model")
+        if not model_ok(model):
+            raise AssertionError(f"the FL round of {trainer} gave a wrong model")
     return round_times[params["fl_warmup"]:]
+
+
+def _numpy_model_ok(weights: list) -> bool:
+    return len(weights) == FL_ARRAYS and weights[0].nbytes == FL_ARRAY_FLOATS * 4
+
+
+def _torch_model_ok(state: dict) -> bool:
+    return len(state) == FL_ARRAYS and state["layer0.weight"].numel() == FL_ARRAY_FLOATS
 
 
 # ---- the numpy part of an FL round, measured alone (for the FL row's limit) ---------------

@@ -145,11 +145,6 @@ class PeerBudget:
             else:
                 self._awaited.discard(slot)
 
-    def is_awaited(self, slot: Slot) -> bool:
-        """Whether a barrier waits for `slot` now."""
-        with self._cond:
-            return slot in self._awaited
-
     def held(self) -> dict[str, int]:
         with self._cond:
             return {p: n for p, n in self._held.items() if n}
