@@ -157,6 +157,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres").new_database()
 
 
+@pytest.fixture
+def db(database_url: str):
+    """A fresh database of each kind with the site's migrations applied."""
+    from fed.site.core.db import Database
+
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.close()
+
+
 def fed_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("sqlalchemy", reason='the site extra is not installed (pip install -e ".[site]")')
 
 from fed.site.core import components, store, tokens, views
-from fed.site.core.db import Database
 from fed.site.core.policy import ApprovalPolicy, judge
 from fed.site.core.spec import find_cycle, missing_components, parse_spec
 from fed.site.core.states import (
@@ -125,14 +124,6 @@ def test_policy_accepts_holds_and_rejects():
     assert held.state is None and "fedavg" in held.reason
     lacking = judge(listed, spec, "bob", {("stats", "1")})
     assert lacking.state is ApprovalState.REJECTED and "fedavg" in lacking.reason
-
-
-@pytest.fixture
-def db(database_url):
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def test_migrations_match_the_models(db):

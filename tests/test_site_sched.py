@@ -77,14 +77,6 @@ def test_copies_follow_legal_paths_only():
     assert runs.path_to(Entity.JOB, "awaiting_approval", "running") == ["accepted", "running"]
 
 
-@pytest.fixture
-def db(database_url):
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
-
-
 def test_channel_ports_are_held_and_distinct(db):
     with db.session() as s:
         a = runs.allocate_port(s, "30000-30002", "j1", "t1", 1)
