@@ -296,6 +296,7 @@ def _log_fedavg_metrics(fed: Federation, job_id: str, tmp: Path) -> None:
         for r in range(1, 11):
             ctx.log_metrics({"accuracy": 0.52 + 0.4 * (1 - 0.72 ** r) - 0.012 * k,
                              "loss": 0.71 * 0.8 ** r + 0.05 + 0.01 * k}, step=r)
+        ctx.log_metric("rows", 1000 + k)  # no step: listed with its value, not drawn
         db = site_db(fed, party)
         with db.session() as s:
             ingest_metrics_file(s, job_id, "train", party, out / METRICS_FILE)
@@ -310,7 +311,7 @@ def test_metrics_chart_draws_every_series(browser, sites, tmp_path):
     with sites.client("alice", "viewer") as alice:
         served = alice.request("GET", METRICS_URL.format(job_id=job_id))["metrics"]
     assert sorted({(m["party"], m["name"]) for m in served}) == sorted(
-        (p, n) for p in PARTIES for n in ("accuracy", "loss"))
+        (p, n) for p in PARTIES for n in ("accuracy", "loss", "rows"))
     login(browser, sites, "alice", "viewer")
     browser.get(f"{sites.urls['alice']}/board/jobs/{job_id}")
     wait_for(browser, lambda d: d.find_element("id", "metrics").get_attribute("data-loaded") not in (None, "0"),
@@ -319,5 +320,7 @@ def test_metrics_chart_draws_every_series(browser, sites, tmp_path):
     assert sorted(c.get_attribute("data-metric") for c in charts) == ["accuracy", "loss"]
     for chart in charts:
         assert len(chart.find_elements("css selector", "path.line")) == len(PARTIES)
+    rows = css(browser, "#charts .metric-values tr[data-metric='rows']")
+    assert sorted(r.text.split()[1:] for r in rows) == [[p, str(1000 + k)] for k, p in enumerate(PARTIES)]
     assert not css(browser, "#no-metrics:not([hidden])")
     save_screenshot(browser, "board-metrics", css(browser, "#metrics")[0])

@@ -74,6 +74,32 @@
     return box;
   }
 
+  /* Metrics logged without a step (a count, a final score) have nothing to draw a line
+     along: they are listed with their latest value instead. */
+  function valuesTable(rows) {
+    const box = document.createElement("div");
+    box.className = "metric-values";
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    ["metric", "party", "value"].forEach(t => {
+      const th = document.createElement("th");
+      th.textContent = t;
+      head.appendChild(th);
+    });
+    const body = table.createTBody();
+    rows.forEach(r => {
+      const tr = body.insertRow();
+      tr.setAttribute("data-metric", r.name);
+      [r.name, r.label, fmt(r.value)].forEach(t => { tr.insertCell().textContent = t; });
+    });
+    box.appendChild(table);
+    return box;
+  }
+
+  function stepless(series) {
+    return series.every(s => s.points.every(p => p[0] === null || p[0] === undefined));
+  }
+
   /* metrics: [{party, task, name, points: [[step, value, at], ...]}] (GET /v1/jobs/ID/metrics). */
   function render(container, metrics) {
     const byName = new Map();
@@ -81,9 +107,26 @@
     metrics.filter(m => m.points && m.points.length).forEach(m => {
       const label = tasks.size > 1 ? `${m.party} · ${m.task}` : m.party;
       if (!byName.has(m.name)) byName.set(m.name, []);
-      byName.get(m.name).push({ label: label, points: m.points.map(p => [Number(p[0]), Number(p[1])]) });
+      byName.get(m.name).push({ label: label, points: m.points });
     });
-    container.replaceChildren(...[...byName.keys()].sort().map(name => draw(name, byName.get(name))));
+    const names = [...byName.keys()].sort();
+    const values = [], charts = [];
+    names.forEach(name => {
+      const series = byName.get(name);
+      if (stepless(series)) {
+        series.forEach(s => {
+          const last = s.points.reduce((a, b) => (Number(b[2]) >= Number(a[2]) ? b : a));
+          values.push({ name: name, label: s.label, value: Number(last[1]) });
+        });
+      } else {
+        const lines = series.map(s => ({
+          label: s.label,
+          points: s.points.filter(p => p[0] !== null && p[0] !== undefined).map(p => [Number(p[0]), Number(p[1])]),
+        })).filter(s => s.points.length);
+        charts.push(draw(name, lines));
+      }
+    });
+    container.replaceChildren(...(values.length ? [valuesTable(values)] : []), ...charts);
     return byName.size;
   }
 
