@@ -12,8 +12,9 @@ import statistics
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Self
+from typing import Any, Self
 
 MiB = 1024 * 1024
 
@@ -94,7 +95,7 @@ class PartyRun:
     procs: dict = field(default_factory=dict)
     pipes: dict = field(default_factory=dict)
 
-    def start(self) -> "PartyRun":
+    def start(self) -> PartyRun:
         addresses = self.addresses
         if addresses is None:
             ports = free_ports(len(self.parties))

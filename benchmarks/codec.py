@@ -24,7 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -53,7 +53,7 @@ def extract_engine(ref: str, into: str) -> str:
 
 
 def run_engine(pythonpath: str, quick: bool, label: str, torch: bool,
-               extra_env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """benchmarks/run.py --engine-only with `pythonpath` first; its measurements."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = tmp.name
@@ -108,12 +108,12 @@ def plain_ray_floors(rounds: int) -> dict[str, float]:
 
 
 def table_rows(pickled: dict[str, Any], codec: dict[str, Any],
-               floors: Optional[dict[str, float]] = None) -> list[list[str]]:
+               floors: dict[str, float] | None = None) -> list[list[str]]:
     """figure, unit, pickle, codec, ratio, target, holds."""
     rows = []
 
-    def row(name: str, unit: str, old: Optional[float], new: float, target: str,
-            holds: Optional[bool]) -> None:
+    def row(name: str, unit: str, old: float | None, new: float, target: str,
+            holds: bool | None) -> None:
         ratio = new / old if old else None
         rows.append([name, unit, bench._fmt(old), bench._fmt(new), bench._fmt(ratio), target,
                      {True: "yes", False: "NO", None: "-"}[holds]])
@@ -152,7 +152,7 @@ def format_rows(rows: list[list[str]]) -> str:
                      + [line(r) for r in rows])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--pickle-ref", default=PICKLE_REF,

@@ -16,15 +16,15 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from _harness import (  # noqa: E402
-    MiB,
     MemorySampler,
+    MiB,
     PartyRun,
     machine,
     median,
@@ -208,7 +208,7 @@ def _size_label(size: int) -> str:
 
 
 def rows(ours: dict[str, Any], limits: dict[str, Any],
-         rayfed: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+         rayfed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per figure: value(s), the limit, value as a multiple of the limit, target."""
     sock = limits["socket_mibps"]
     out = []
@@ -244,7 +244,7 @@ def rows(ours: dict[str, Any], limits: dict[str, Any],
     return out
 
 
-def verdict(r: dict[str, Any]) -> Optional[bool]:
+def verdict(r: dict[str, Any]) -> bool | None:
     target = r["target"]
     if target is None or r["ours"] is None:
         return None
@@ -272,7 +272,7 @@ def target_text(r: dict[str, Any]) -> str:
     return f"<= {bound:g} x RayFed"
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     if abs(value) >= 100:
@@ -285,7 +285,7 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def format_table(table: list[dict[str, Any]], ours_name: str,
-                 rayfed_name: Optional[str] = None, rayfed_note: str = "") -> str:
+                 rayfed_name: str | None = None, rayfed_note: str = "") -> str:
     head = ["figure", "unit", "this repo"]
     if rayfed_name is not None:
         head += ["RayFed", "this/RayFed"]
@@ -336,7 +336,7 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")

@@ -105,7 +105,7 @@ class WorkerPeak:
             self.peak = max(self.peak, self._count())
             self._stop.wait(0.25)
 
-    def __enter__(self) -> "WorkerPeak":
+    def __enter__(self) -> WorkerPeak:
         self._thread.start()
         return self
 

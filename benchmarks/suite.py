@@ -16,11 +16,10 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
+from _harness import MiB, await_signal, post
 
 import fed  # this repo's engine, or RayFed in compare.py's virtual environment
-import ray
-
-from _harness import MiB, await_signal, post
 
 FL_ARRAYS = 50
 FL_ARRAY_FLOATS = 125_000  # 50 x 125,000 float32 = 25,000,000 bytes = 25 MB

@@ -9,8 +9,9 @@ import itertools
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from fed._failure import SendFailurePolicy
 from fed.codec import UserCodec, UserCodecs
@@ -25,11 +26,11 @@ class FedContext:
     transport: Transport
     log: logging.LoggerAdapter
     started_ray: bool = False
-    sending_failure_handler: Optional[Callable[[Exception], None]] = None
-    send_failures: Optional[SendFailurePolicy] = None
+    sending_failure_handler: Callable[[Exception], None] | None = None
+    send_failures: SendFailurePolicy | None = None
     # A token per fed.init: FedObjects carry it, so one from an earlier job is refused.
     generation: object = field(default_factory=object)
-    _seq: "itertools.count[int]" = field(default_factory=lambda: itertools.count(1))
+    _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _channel: dict = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -75,7 +76,7 @@ class FedContext:
         return value
 
 
-_current: Optional[FedContext] = None
+_current: FedContext | None = None
 
 
 class _Registrations:
@@ -116,10 +117,10 @@ def get() -> FedContext:
     return _current
 
 
-def peek() -> Optional[FedContext]:
+def peek() -> FedContext | None:
     return _current
 
 
-def set_current(ctx: Optional[FedContext]) -> None:
+def set_current(ctx: FedContext | None) -> None:
     global _current
     _current = ctx

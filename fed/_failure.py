@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from fed.errors import FedError
 
@@ -26,7 +26,7 @@ class SendFailurePolicy:
 
     def __init__(
         self,
-        handler: Optional[Callable[[Exception], None]],
+        handler: Callable[[Exception], None] | None,
         exit_on_failure: bool,
         log: logging.LoggerAdapter,
     ) -> None:

@@ -4,34 +4,32 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ray
 
 from fed import _context, _log
 from fed._failure import SendFailurePolicy
 from fed.config import build_config
-from fed.names import JOB_NAME_ENV as _JOB_NAME_ENV  # set per run by `fed run`
 from fed.errors import FedConfigError, FedError, FedTimeoutError, remote_error_from
+from fed.names import JOB_NAME_ENV as _JOB_NAME_ENV  # set per run by `fed run`
 from fed.object import FedObject
 from fed.remote import FedActorHandle, route
 
 
-
-
 def init(
-    address: Optional[str] = None,
-    cluster: Optional[Mapping[str, Any]] = None,
-    party: Optional[str] = None,
+    address: str | None = None,
+    cluster: Mapping[str, Any] | None = None,
+    party: str | None = None,
     *,
-    addresses: Optional[Mapping[str, Any]] = None,
-    tls_config: Optional[Mapping[str, Any]] = None,
-    config: Optional[Mapping[str, Any]] = None,
-    job_name: Optional[str] = None,
+    addresses: Mapping[str, Any] | None = None,
+    tls_config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    job_name: str | None = None,
     logging_level: str = "info",
-    mode: Optional[str] = None,
-    sending_failure_handler: Optional[Callable[[Exception], None]] = None,
+    mode: str | None = None,
+    sending_failure_handler: Callable[[Exception], None] | None = None,
     sender_proxy_cls: Any = None,
     receiver_proxy_cls: Any = None,
     receiver_sender_proxy_cls: Any = None,
@@ -75,8 +73,8 @@ def init(
     )
 
 
-def _rayfed_positional_form(address: Any, cluster: Any, party: Optional[str],
-                            addresses: Optional[Mapping[str, Any]]) -> tuple:
+def _rayfed_positional_form(address: Any, cluster: Any, party: str | None,
+                            addresses: Mapping[str, Any] | None) -> tuple:
     """RayFed's ``fed.init(addresses, party)`` as (address, cluster, party, addresses)."""
     if isinstance(address, Mapping):
         addresses, address = address, None
@@ -94,7 +92,7 @@ def _warn_default_job_name(log: logging.LoggerAdapter, job_name: str) -> None:
     )
 
 
-def _start_ray(address: Optional[str], log: logging.LoggerAdapter) -> bool:
+def _start_ray(address: str | None, log: logging.LoggerAdapter) -> bool:
     """Start this party's Ray cluster unless the caller did; True if we started it."""
     if not ray.is_initialized():
         ray.init(address=address or "local", include_dashboard=False, configure_logging=False)
@@ -128,9 +126,9 @@ def _start_transport(cfg: Any, failures: SendFailurePolicy, started_ray: bool) -
     return transport
 
 
-def register_codec(cls: type, encode: Optional[Callable[[Any], Any]] = None,
-                   decode: Optional[Callable[[Any], Any]] = None, *,
-                   name: Optional[str] = None) -> None:
+def register_codec(cls: type, encode: Callable[[Any], Any] | None = None,
+                   decode: Callable[[Any], Any] | None = None, *,
+                   name: str | None = None) -> None:
     """Let values of `cls` cross parties as data (docs/api.md).
 
     ``encode(value)`` returns supported values (dicts, lists, numpy arrays, ...);
@@ -173,7 +171,7 @@ def _next_ordinals(ctx: _context.FedContext) -> dict[str, int]:
     return {dst: n for (src, dst), n in ctx._channel.items() if src == ctx.party}
 
 
-def get(fed_objects: Any, timeout: Optional[float] = None) -> Any:
+def get(fed_objects: Any, timeout: float | None = None) -> Any:
     """The value(s) of fed object(s); the owner pushes them to every party calling this.
 
     With `timeout` (seconds), raise FedTimeoutError if the values are not all here in
@@ -228,7 +226,7 @@ def _task_failure(items: list[FedObject], refs: list, exc: BaseException) -> Fed
     return remote_error_from(exc, failed.get_party(), failed.call, True)
 
 
-def _chained(exc: BaseException) -> Optional[BaseException]:
+def _chained(exc: BaseException) -> BaseException | None:
     """Ray's error as the cause, unless it only wraps a rayfed error."""
     return None if isinstance(_cause(exc), FedError) else exc
 
@@ -247,7 +245,7 @@ def _failed_item(items: list[FedObject], refs: list) -> FedObject:
 
 
 def _get_within(ctx: _context.FedContext, items: list, refs: list,
-                timeout: Optional[float]) -> list:
+                timeout: float | None) -> list:
     """ray.get of the barriers, as FedTimeoutError naming the missing values on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

@@ -25,7 +25,8 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 STATUSES = ("sending", "sent", "duplicate", "refused", "failed", "denied", "unfinished")
 COMPLETED_STATUSES = ("sent", "duplicate", "refused", "failed")
@@ -70,7 +71,7 @@ class AuditLog:
                 os.close(fd)
 
 
-def read_records(path: str) -> Iterator[tuple[int, Optional[dict[str, Any]], str]]:
+def read_records(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """(line number, record or None if the line is not a JSON object, raw line)."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, 1):

@@ -6,7 +6,6 @@ Used by `fed.init` (which checks this party's own certificate) and the transport
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -20,7 +19,7 @@ class CertNames:
 
     uri_parties: tuple[str, ...]
     dns: tuple[str, ...]
-    cn: Optional[str]
+    cn: str | None
 
     def parties(self, known: frozenset[str], *, uri_only: bool) -> frozenset[str]:
         """Party names the certificate asserts: its party URIs; unless `uri_only`

@@ -10,8 +10,9 @@ import difflib
 import ipaddress
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Callable, Mapping, Optional, Union
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -38,7 +39,7 @@ class Address:
     port: int
 
     @classmethod
-    def parse(cls, text: str, what: str) -> "Address":
+    def parse(cls, text: str, what: str) -> Address:
         if not isinstance(text, str) or not text:
             raise FedConfigError(f"{what}: expected 'host:port', got {text!r}")
         raw = text
@@ -82,20 +83,20 @@ class CrossSiloCommConfig:
     """
 
     timeout_in_ms: _Positive = 60000
-    messages_max_size_in_bytes: Optional[_PositiveInt] = None
+    messages_max_size_in_bytes: _PositiveInt | None = None
     exit_on_sending_failure: bool = False
     continue_waiting_for_data_sending_on_error: bool = False
     serializing_allowed_list: Any = None  # checked by fed.serialization.Allowlist
     expose_error_trace: bool = False
-    max_concurrency: Optional[_PositiveInt] = None
-    send_resource_label: Optional[dict[str, float]] = None
-    recv_resource_label: Optional[dict[str, float]] = None
-    proxy_max_restarts: Optional[Annotated[int, Field(ge=0)]] = None
+    max_concurrency: _PositiveInt | None = None
+    send_resource_label: dict[str, float] | None = None
+    recv_resource_label: dict[str, float] | None = None
+    proxy_max_restarts: Annotated[int, Field(ge=0)] | None = None
     # RayFed keys that have no meaning for the TCP channel: accepted, documented as no-ops.
-    use_global_proxy: Optional[bool] = None
-    http_header: Optional[dict] = None
-    grpc_channel_options: Optional[list] = None
-    grpc_retry_policy: Optional[dict] = None
+    use_global_proxy: bool | None = None
+    http_header: dict | None = None
+    grpc_channel_options: list | None = None
+    grpc_retry_policy: dict | None = None
     # rayfed's own settings.
     chunk_size_in_bytes: _PositiveInt = 4 * 1024 * 1024
     connections_per_peer: Annotated[int, Field(ge=1)] = 4
@@ -105,14 +106,14 @@ class CrossSiloCommConfig:
     listen_all_interfaces: bool = False
     # Receiver bounds (docs/security.md). A value larger than the per-peer buffer is
     # still admitted when nothing else from that peer is held, or when it is awaited.
-    max_buffered_bytes_per_peer: Optional[_PositiveInt] = 2 * 1024**3
+    max_buffered_bytes_per_peer: _PositiveInt | None = 2 * 1024**3
     max_header_bytes: Annotated[int, Field(ge=4096)] = 1024 * 1024
     max_frames_per_value: _PositiveInt = 1_000_000
     # Where received torch tensors are placed (fed.codec.CodecOptions.torch_device).
     tensor_device: Annotated[str, Field(pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]{1,3})?$")] = "cpu"
 
     @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CrossSiloCommConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> CrossSiloCommConfig:
         where = "config['cross_silo_comm']"
         if data is not None and not isinstance(data, Mapping):
             raise FedConfigError(f"{where} must be a dict, got {data!r}")
@@ -177,7 +178,7 @@ class TlsConfig:
 
     cert: str
     key: str
-    ca_cert: Union[str, Mapping[str, str]]
+    ca_cert: str | Mapping[str, str]
     verify_party: bool = True
 
     @property
@@ -192,7 +193,7 @@ class TlsConfig:
         return [self.ca_cert] if isinstance(self.ca_cert, str) else sorted(set(self.ca_cert.values()))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], parties: list[str], party: str) -> "TlsConfig":
+    def from_dict(cls, data: Mapping[str, Any], parties: list[str], party: str) -> TlsConfig:
         if not isinstance(data, Mapping):
             raise FedConfigError(f"tls_config must be a dict, got {data!r}")
         _reject_unknown(data, ["ca_cert", "cert", "key", "verify_party"], "tls_config")
@@ -219,7 +220,7 @@ class TlsConfig:
         return tls
 
 
-def _ca_bundles(ca: Any, parties: list[str], party: str) -> Union[str, dict[str, str]]:
+def _ca_bundles(ca: Any, parties: list[str], party: str) -> str | dict[str, str]:
     """One CA bundle path, or ``{party: path}`` covering every peer."""
     if not isinstance(ca, Mapping):
         return _existing_file(ca, "tls_config['ca_cert']")
@@ -272,12 +273,12 @@ class EgressConfig:
     where every value that leaves is recorded (time, job, call, destination, bytes, sha256).
     """
 
-    allowed_parties: Optional[tuple[str, ...]] = None
-    policy: Optional[Callable[[Any], bool]] = None
-    audit_log: Optional[str] = None
+    allowed_parties: tuple[str, ...] | None = None
+    policy: Callable[[Any], bool] | None = None
+    audit_log: str | None = None
 
     @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]], parties: list[str]) -> "EgressConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None, parties: list[str]) -> EgressConfig:
         data = dict(data or {})
         _reject_unknown(data, ["allowed_parties", "policy", "audit_log"], "config['egress']")
         allowed = data.get("allowed_parties")
@@ -330,7 +331,7 @@ class FedConfig:
     mode: str = "production"
     comm: CrossSiloCommConfig = field(default_factory=CrossSiloCommConfig)
     barrier_on_initializing: bool = False
-    tls: Optional[TlsConfig] = None
+    tls: TlsConfig | None = None
     egress: EgressConfig = field(default_factory=EgressConfig)
 
     @property
@@ -406,13 +407,13 @@ def resolve_addresses(addresses: Any, cluster: Any) -> Mapping[str, Any]:
 
 def build_config(
     *,
-    party: Optional[str],
+    party: str | None,
     addresses: Any,
     cluster: Any,
-    config: Optional[Mapping[str, Any]],
-    tls_config: Optional[Mapping[str, Any]],
-    job_name: Optional[str],
-    mode: Optional[str],
+    config: Mapping[str, Any] | None,
+    tls_config: Mapping[str, Any] | None,
+    job_name: str | None,
+    mode: str | None,
 ) -> FedConfig:
     """Validate every argument of `fed.init` and return the typed result."""
     if config is not None and not isinstance(config, Mapping):
@@ -464,7 +465,7 @@ def _parse_parties(raw: Mapping[str, Any], listen_all: bool) -> dict[str, PartyA
     return parties
 
 
-def _this_party(party: Optional[str], parties: Mapping[str, PartyAddress]) -> str:
+def _this_party(party: str | None, parties: Mapping[str, PartyAddress]) -> str:
     """`party`, else ``RAYFED_PARTY`` (set by `fed run`); one of `parties`."""
     if party is None:
         party = os.environ.get(PARTY_ENV)
@@ -477,7 +478,7 @@ def _this_party(party: Optional[str], parties: Mapping[str, PartyAddress]) -> st
     return party
 
 
-def _tls_from_env(party: str) -> Optional[dict[str, Any]]:
+def _tls_from_env(party: str) -> dict[str, Any] | None:
     """`fed run --tls`: a `fed certs` directory, whose certificates name their party."""
     tls_dir = os.environ.get(TLS_DIR_ENV)
     if not tls_dir:

@@ -29,7 +29,7 @@ class EgressRequest:
     consumer_seq: int
 
     @classmethod
-    def from_key(cls, key: MessageKey) -> "EgressRequest":
+    def from_key(cls, key: MessageKey) -> EgressRequest:
         return cls(key.job, key.src, key.dst, key.producer_call, key.producer_seq,
                    key.consumer_call, key.consumer_seq)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any, Optional
+from typing import Any
 
 
 class FedError(Exception):
@@ -33,7 +33,7 @@ def _fields_of(cls: type) -> tuple[str, ...]:
     return getattr(cls, "_fields", ())
 
 
-def _rebuild_error(cls: Any, args: Any, state: Any) -> "FedError":
+def _rebuild_error(cls: Any, args: Any, state: Any) -> FedError:
     """Unpickle a rayfed error. It may come from another party, so it rebuilds only
     rayfed errors, with a tuple of args and only the fields that class declares."""
     if not (isinstance(cls, type) and issubclass(cls, FedError)):
@@ -75,8 +75,8 @@ class FedRemoteError(FedError):
         src_party: str,
         call: str,
         cause_type: str,
-        message: Optional[str] = None,
-        remote_traceback: Optional[str] = None,
+        message: str | None = None,
+        remote_traceback: str | None = None,
     ) -> None:
         self.src_party = src_party
         self.call = call

@@ -6,7 +6,7 @@ start instantly.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 # The environment `fed run` sets for each party process (read by `fed.init`).
 ADDRESSES_ENV = "RAYFED_ADDRESSES"  # JSON {party: "host:port"}
@@ -25,7 +25,7 @@ _PARTY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 PARTY_NAME_RULE = "1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
 
-def party_name_problem(name: Any) -> Optional[str]:
+def party_name_problem(name: Any) -> str | None:
     """Why `name` cannot be a party name, or None if it can."""
     if not isinstance(name, str) or not _PARTY_NAME.fullmatch(name):
         return f"invalid party name {name!r}: use {PARTY_NAME_RULE}"

@@ -1,8 +1,6 @@
 """FedObject: the handle every party holds for the output of one call."""
 from __future__ import annotations
 
-from typing import Optional
-
 import ray
 
 
@@ -22,9 +20,9 @@ class FedObject:
         party: str,
         seq_id: int,
         call: str,
-        ref: Optional["ray.ObjectRef"] = None,
+        ref: ray.ObjectRef | None = None,
         index: int = 0,
-        generation: Optional[object] = None,
+        generation: object | None = None,
     ) -> None:
         self._party = party
         self._seq_id = seq_id
@@ -32,7 +30,7 @@ class FedObject:
         self._call = call
         self._ref = ref
         self._sent_to: set[str] = set()  # parties this value was routed to (every party tracks)
-        self._received: dict[str, "ray.ObjectRef"] = {}  # party -> ref of the received value
+        self._received: dict[str, ray.ObjectRef] = {}  # party -> ref of the received value
         self._generation = generation  # the fed.init that made it (stale after shutdown)
 
     def get_party(self) -> str:
@@ -43,7 +41,7 @@ class FedObject:
         """The call's sequence id (and return index), identical in every party."""
         return f"{self._seq_id}#{self._index}"
 
-    def get_ray_object_ref(self) -> Optional["ray.ObjectRef"]:
+    def get_ray_object_ref(self) -> ray.ObjectRef | None:
         """The local Ray ref: the result in the owner, the received value elsewhere
         (None until this party received it)."""
         if self._ref is not None:

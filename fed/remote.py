@@ -9,7 +9,7 @@ into later calls.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any
 
 import ray
 
@@ -59,7 +59,7 @@ def prepare_args(
     """
     ctx = _context.get()
 
-    def to_ref(obj: FedObject) -> Optional["ray.ObjectRef"]:
+    def to_ref(obj: FedObject) -> ray.ObjectRef | None:
         return route(ctx, obj, call_party, seq_id, call)
 
     new_args = tuple(map_leaves(a, _is_fed, to_ref) for a in args)
@@ -67,7 +67,7 @@ def prepare_args(
     return new_args, new_kwargs
 
 
-def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> Optional["ray.ObjectRef"]:
+def route(ctx, obj: FedObject, dst: str, seq_id: int, call: str) -> ray.ObjectRef | None:
     """Move `obj` to party `dst` (once) if it lives elsewhere.
 
     Returns the ref `dst` uses for it when this process executes `dst`'s calls, else
@@ -124,14 +124,14 @@ class _Pinnable:
     """What remote functions and classes share: a target pinned to a party, with Ray
     options; `.party()` and `.options()` return new objects and never change this one."""
 
-    def __init__(self, target: Any, options: dict[str, Any], party: Optional[str] = None):
+    def __init__(self, target: Any, options: dict[str, Any], party: str | None = None):
         self._target = target
         self._options = options
         self._party = party
         self._ray_target = None  # the ray.remote wrapper, made once per decorated target
         self._call = _call_name(target)
 
-    def _derive(self, party: Optional[str], options: dict[str, Any]) -> Any:
+    def _derive(self, party: str | None, options: dict[str, Any]) -> Any:
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._party, clone._options = party, options
@@ -187,7 +187,7 @@ class FedRemoteFunction(_Pinnable):
 class FedRemoteClass(_Pinnable):
     """A class decorated with `@fed.remote`; `.party(p).remote(...)` creates the actor."""
 
-    def remote(self, *args: Any, **kwargs: Any) -> "FedActorHandle":
+    def remote(self, *args: Any, **kwargs: Any) -> FedActorHandle:
         ctx, party, seq_id = self._begin()
         call = f"{self._call}.__init__"
         args, kwargs = prepare_args(party, seq_id, call, args, kwargs)
@@ -212,7 +212,7 @@ class FedActorHandle:
     def get_party(self) -> str:
         return self._party
 
-    def __getattr__(self, name: str) -> "FedActorMethod":
+    def __getattr__(self, name: str) -> FedActorMethod:
         if name.startswith("__"):
             raise AttributeError(name)
         member = inspect.getattr_static(self._cls, name, None)
@@ -232,7 +232,7 @@ class FedActorMethod:
         self._name = name
         self._options = options
 
-    def options(self, **options: Any) -> "FedActorMethod":
+    def options(self, **options: Any) -> FedActorMethod:
         return FedActorMethod(self._handle, self._name, {**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -273,7 +273,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     return decorate
 
 
-def _make(obj: Any, options: dict[str, Any], party: Optional[str]) -> Any:
+def _make(obj: Any, options: dict[str, Any], party: str | None) -> Any:
     if inspect.isclass(obj):
         return FedRemoteClass(obj, options, party)
     if callable(obj):

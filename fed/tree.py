@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Leaf = Callable[[Any], bool]
 Fn = Callable[[Any], Any]

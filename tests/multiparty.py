@@ -16,9 +16,9 @@ import os
 import secrets
 import time
 import traceback
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import psutil
 
@@ -32,18 +32,18 @@ _log = logging.getLogger("multiparty")
 class PartyOutcome:
     party: str
     result: Any = None
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     error_text: str = ""
-    exitcode: Optional[int] = None
+    exitcode: int | None = None
     elapsed_s: float = 0.0
-    killed_at: Optional[float] = None  # wall time of a kill requested by the test
+    killed_at: float | None = None  # wall time of a kill requested by the test
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.error_text and self.exitcode == 0
 
 
-def start_ray(num_cpus: int = 2, object_store_memory: Optional[int] = None) -> None:
+def start_ray(num_cpus: int = 2, object_store_memory: int | None = None) -> None:
     """A small local Ray cluster for one party process."""
     import ray
 
@@ -128,7 +128,7 @@ def run_parties(
     timeout: float = 120,
     args: ArgsSpec = (),
     addresses: AddressSpec = None,
-    kill_after: Optional[dict[str, Any]] = None,
+    kill_after: dict[str, Any] | None = None,
 ) -> dict[str, PartyOutcome]:
     """Run ``fn(party, addresses, *args)`` in one process per party; wait for all.
 
@@ -169,7 +169,7 @@ def _address_book(spec: AddressSpec, parties: list[str], lease: PortLease) -> Ma
 
 
 def _run_once(fn: Callable, parties: list[str], addresses: dict, args: tuple, timeout: float,
-              kill_after: Optional[dict[str, Any]], stop_on_clash: bool) -> dict[str, PartyOutcome]:
+              kill_after: dict[str, Any] | None, stop_on_clash: bool) -> dict[str, PartyOutcome]:
     """One run of the scenario: start, watch (and kill on request), collect, clean up.
 
     With `stop_on_clash`, a party that cannot bind its port ends the run at once (the

@@ -4,7 +4,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Optional
 
 
 class Relay:
@@ -13,7 +12,7 @@ class Relay:
     bytes have been forwarded (to hit the middle of a large transfer)."""
 
     def __init__(self, listen_port: int, target: tuple[str, int],
-                 cut_after_bytes: Optional[int] = None, cut_seconds: float = 5.0) -> None:
+                 cut_after_bytes: int | None = None, cut_seconds: float = 5.0) -> None:
         self.listen_port = listen_port
         self.target = target
         self.cut_after_bytes = cut_after_bytes
@@ -22,12 +21,12 @@ class Relay:
         self.cuts: list[tuple[float, float]] = []  # (start, end) wall times
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
-        self._server: Optional[socket.socket] = None
+        self._server: socket.socket | None = None
         self._stopped = threading.Event()
         self._cutting = threading.Event()
         self._down = threading.Event()  # set while a cut refuses connections
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self._listen()
         threading.Thread(target=self._accept_loop, daemon=True).start()
         return self

@@ -6,8 +6,9 @@ import datetime
 import socket
 import ssl
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import msgpack
 
@@ -65,7 +66,7 @@ def der_of(cert_path: str) -> bytes:
 class Raw:
     """A hand-driven connection to a receiver: what a hostile peer can do."""
 
-    def __init__(self, port: int, tls: Optional[tuple[str, str, str]] = None,
+    def __init__(self, port: int, tls: tuple[str, str, str] | None = None,
                  timeout: float = 10.0) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls is not None:
@@ -77,7 +78,7 @@ class Raw:
             sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
         self.sock = sock
 
-    def __enter__(self) -> "Raw":
+    def __enter__(self) -> Raw:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -90,7 +91,7 @@ class Raw:
             pass
 
     def hello(self, src: str, job: str, dst: str,
-              secret: Optional[bytes] = None) -> tuple[int, dict]:
+              secret: bytes | None = None) -> tuple[int, dict]:
         """HELLO as `src`; with `secret`, carrying the job-secret proof a sender adds."""
         from fed.transport.proof import hello_proof
 
@@ -103,7 +104,7 @@ class Raw:
     def control(self, ftype: int, body: dict) -> None:
         self.sock.sendall(wire.encode_control(ftype, body))
 
-    def frame(self, ftype: int, payload: bytes, declared: Optional[int] = None) -> None:
+    def frame(self, ftype: int, payload: bytes, declared: int | None = None) -> None:
         n = len(payload) if declared is None else declared
         self.sock.sendall(struct.pack("!BI", ftype, n) + payload)
 
@@ -122,7 +123,7 @@ class Raw:
             pass  # the receiver may refuse on the header alone and close before the body
         return self.read()
 
-    def reply_or_closed(self) -> Optional[tuple[int, dict]]:
+    def reply_or_closed(self) -> tuple[int, dict] | None:
         """The receiver's answer, or None if it closed without one."""
         try:
             return self.read()
@@ -158,8 +159,8 @@ def encoded(value: Any) -> bytes:
 
 
 def start_receiver(party: str, job: str, parties: list[str], tls: Any = None, *,
-                   allowlist: Any = None, max_message: Optional[int] = None,
-                   limits: Optional[dict] = None, job_secret: Optional[bytes] = None):
+                   allowlist: Any = None, max_message: int | None = None,
+                   limits: dict | None = None, job_secret: bytes | None = None):
     """A ReceiverProxy actor on a free loopback port: (actor, port)."""
     import ray
 
@@ -233,7 +234,7 @@ def encode_map(body: dict) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def trickle(sock: socket.socket, data: bytes, every_s: float) -> Optional[int]:
+def trickle(sock: socket.socket, data: bytes, every_s: float) -> int | None:
     """Send `data` one byte every `every_s` seconds (a slowloris); return how many bytes
     went out before the receiver closed the connection, None if it never did."""
     import select

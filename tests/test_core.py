@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 
 import fed
-from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -57,7 +57,7 @@ class Block:
         return f"{self.page}:{self.line}"
 
 
-def parse_options(text: Optional[str]) -> dict[str, str]:
+def parse_options(text: str | None) -> dict[str, str]:
     options: dict[str, str] = {}
     for part in (text or "").split(";"):
         key, _, value = part.strip().partition("=")

@@ -16,7 +16,6 @@ import time
 import psutil
 import pytest
 
-
 pytestmark = pytest.mark.timeout(180)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import ray
+from multiparty import start_ray
+from securitykit import MIB, Raw, issue_cert, msg_key, start_receiver, start_sender
 
 from fed.cli.certs import create_dev_pki
 from fed.config import TlsConfig
 from fed.errors import FedIdentityError
 from fed.transport import wire
-from multiparty import start_ray
-from securitykit import MIB, Raw, issue_cert, msg_key, start_receiver, start_sender
 
 PARTIES = ["alice", "bob"]
 JOB = "identity"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from multiparty import assert_all_ok, run_parties, start_ray
 
 import fed
-from multiparty import assert_all_ok, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-
-import fed
 from multiparty import assert_all_ok, describe, run_parties, start_ray
 from remotes import add, produce
+
+import fed
 
 pytestmark = pytest.mark.timeout(240)
 

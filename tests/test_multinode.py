@@ -19,13 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from multiparty import assert_all_ok, kill_sessions, run_parties
 
 from fed.cli.ports import PortLease
-from multiparty import assert_all_ok, kill_sessions, run_parties
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -142,11 +142,11 @@ def _join_cluster(gcs: str) -> str:
 
 def _party(party: str, addresses: dict, gcs: str) -> dict:
     import ray
+    from multiparty import start_ray
 
     import fed
     from fed.transport.placement import receiver_placement
     from fed.transport.tcp import receiver_name
-    from multiparty import start_ray
 
     out: dict = {}
     if party == "alice":

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from multiparty import assert_all_ok, run_parties, start_ray
 
 import fed
 from fed.cli.ports import (
@@ -21,7 +22,6 @@ from fed.cli.ports import (
     ephemeral_range,
     lock_dir,
 )
-from multiparty import assert_all_ok, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[1]

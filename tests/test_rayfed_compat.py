@@ -16,9 +16,9 @@ import collections
 import os
 
 import pytest
+from multiparty import assert_all_ok, describe, run_parties, start_ray
 
 import fed
-from multiparty import assert_all_ok, describe, run_parties, start_ray
 
 pytestmark = pytest.mark.timeout(180)
 

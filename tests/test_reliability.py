@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 import pytest
-
-import fed
 from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
 from relay import Relay
 from remotes import add, produce
+
+import fed
 
 pytestmark = pytest.mark.timeout(240)
 

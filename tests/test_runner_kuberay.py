@@ -28,9 +28,9 @@ from runner_contract import make_factory
 
 from fed.cli.ports import PortLease
 from fed.deploy.names import rayjob_name
+from fed.site.config import KubernetesRunnerConfig, RunnerConfig, SiteConfig
 from fed.site.runner.base import FINAL_RUN_STATES, RunState
 from fed.site.runner.kubeapi import KubeApi
-from fed.site.config import KubernetesRunnerConfig, RunnerConfig, SiteConfig
 from fed.site.runner.kubernetes import RayJobRunner
 from fed.site.server import site_runner
 

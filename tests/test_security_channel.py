@@ -13,25 +13,13 @@ import ssl
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
 import ray
-
-import fed
-from fed.cli.certs import create_dev_pki
-from fed.config import TlsConfig
-from fed import codec
-from fed.errors import (
-    FedDeserializationRefused,
-    FedEgressDenied,
-    FedIdentityError,
-    FedSerializationError,
-)
-from fed.transport import wire
 from multiparty import start_ray
 from securitykit import (
     MIB,
@@ -39,14 +27,25 @@ from securitykit import (
     actor_rss,
     client_hello,
     encode_map,
+    encoded,
     issue_cert,
     msg_key,
-    encoded,
     start_receiver,
     start_sender,
     trickle,
     wait_until,
 )
+
+import fed
+from fed import codec
+from fed.cli.certs import create_dev_pki
+from fed.config import TlsConfig
+from fed.errors import (
+    FedEgressDenied,
+    FedIdentityError,
+    FedSerializationError,
+)
+from fed.transport import wire
 
 PARTIES = ["alice", "bob", "carol"]
 
@@ -84,7 +83,7 @@ def refusal(reply) -> str:
     return body["reason"]
 
 
-def tls_refusal(port: int, ca: str, cert_key: Optional[tuple[str, str]]) -> str:
+def tls_refusal(port: int, ca: str, cert_key: tuple[str, str] | None) -> str:
     """The reason of the TLS alert a receiver answers a client with (no data is sent, so
     the alert cannot be lost to a reset)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from securitykit import der_of, issue_cert
 
 from fed import serialization
 from fed.audit import AuditLog, read_records
@@ -31,7 +32,6 @@ from fed.errors import (
 from fed.transport.base import MessageKey
 from fed.transport.identity import IdentityVerifier
 from fed.transport.limits import ReceiverLimits, check_advertised
-from securitykit import der_of, issue_cert
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import ray
-
 from multiparty import start_ray
 from securitykit import MIB, start_receiver, start_sender
 

@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 import ray
+from multiparty import start_ray
+from securitykit import MIB, Raw, encoded, msg_key, start_receiver
 
 from fed.errors import FedRemoteError
 from fed.transport import wire
-from multiparty import start_ray
-from securitykit import MIB, Raw, encoded, msg_key, start_receiver
 
 #: unpickles to SystemExit(); raised in the receiver's event loop it killed the loop thread.
 SYSTEM_EXIT_PAYLOAD = b"\x80\x05\x8c\x08builtins\x8c\x0aSystemExit\x93)R."

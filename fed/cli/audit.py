@@ -81,7 +81,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``audit`` subcommand."""
     p = subparsers.add_parser(
         "audit",

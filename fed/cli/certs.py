@@ -14,8 +14,9 @@ import argparse
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fed.cli import UsageError
 from fed.names import PARTY_URI_PREFIX, party_name_problem
@@ -231,7 +232,7 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``certs`` subcommand."""
     p = subparsers.add_parser(
         "certs",

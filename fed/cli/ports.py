@@ -24,8 +24,8 @@ import os
 import random
 import socket
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 # The band to pick from, before the exclusions below are taken out of it.
 BAND = (20000, 32767)
@@ -78,7 +78,7 @@ def lock_dir() -> Path:
     )
 
 
-def _lock(directory: Path, port: int) -> Optional[int]:
+def _lock(directory: Path, port: int) -> int | None:
     """An fd holding the exclusive lock of ``port``, or None if another process holds it."""
     path = directory / f"{port}.lock"
     try:
@@ -122,7 +122,7 @@ class PortLease:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self._fds: dict[int, int] = {}
-        self._dir: Optional[Path] = None
+        self._dir: Path | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -175,7 +175,7 @@ class PortLease:
         """Unlock every port of this lease (idempotent)."""
         self._close(self._fds)
 
-    def __enter__(self) -> "PortLease":
+    def __enter__(self) -> PortLease:
         return self
 
     def __exit__(self, *_exc: object) -> None:

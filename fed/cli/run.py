@@ -34,9 +34,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional, Sequence
+from typing import IO, Any
 
 try:  # light (~10 ms); finds grandchildren that left the party's process group
     import psutil
@@ -53,15 +54,25 @@ from fed.cli.certs import (
     validate_parties,
 )
 from fed.cli.ports import PortLease
-
 from fed.names import (  # one definition of the variables fed.init reads
     ADDRESSES_ENV as ENV_ADDRESSES,
-    MODE_ENV as ENV_MODE,
-    PARTY_ENV as ENV_PARTY,
-    TLS_DIR_ENV as ENV_TLS_DIR,
+)
+from fed.names import (
     JOB_NAME_ENV as ENV_JOB_NAME,
+)
+from fed.names import (
     JOB_SECRET_ENV as ENV_JOB_SECRET,
 )
+from fed.names import (
+    MODE_ENV as ENV_MODE,
+)
+from fed.names import (
+    PARTY_ENV as ENV_PARTY,
+)
+from fed.names import (
+    TLS_DIR_ENV as ENV_TLS_DIR,
+)
+
 SIMULATION_MODE = "simulation"
 
 EXIT_TIMEOUT = 124
@@ -78,7 +89,7 @@ def party_env(
     party: str,
     addresses: Mapping[str, str],
     simulate: bool = False,
-    tls_dir: Optional[Path] = None,
+    tls_dir: Path | None = None,
 ) -> dict[str, str]:
     """Environment for one party process; ``fed run`` owns every RAYFED_* variable it sets."""
     env = dict(base)
@@ -147,7 +158,7 @@ class _Party:
     name: str
     label: str
     proc: subprocess.Popen
-    reader: Optional[threading.Thread] = None
+    reader: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
@@ -163,7 +174,7 @@ class _Supervisor:
     parties: list[_Party] = field(default_factory=list)
     tracked: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
     signals: int = 0
-    last_signal: Optional[int] = None
+    last_signal: int | None = None
 
     # -- signals -----------------------------------------------------------
     def on_signal(self, signum: int, _frame: Any) -> None:
@@ -317,13 +328,13 @@ def run_parties(
     *,
     simulate: bool = False,
     tls: bool = False,
-    certs_dir: Optional[os.PathLike | str] = None,
-    timeout: Optional[float] = None,
+    certs_dir: os.PathLike | str | None = None,
+    timeout: float | None = None,
     grace: float = DEFAULT_GRACE,
     python: str = sys.executable,
-    stdout: Optional[IO[str]] = None,
-    stderr: Optional[IO[str]] = None,
-    env: Optional[Mapping[str, str]] = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``[python, script, party, *script_args]`` for every party; return the exit code.
 
@@ -344,10 +355,10 @@ def run_parties(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old_handlers[sig] = signal.signal(sig, sup.on_signal)
-    tmp_dir: Optional[str] = None
+    tmp_dir: str | None = None
     lease = PortLease()  # held until every party process has ended
     try:
-        tls_dir: Optional[Path] = None
+        tls_dir: Path | None = None
         if certs_dir is not None:
             tls_dir = _resolve_tls_dir(parties, Path(certs_dir))
         elif tls:
@@ -375,7 +386,7 @@ def run_parties(
                 shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _check_run_args(script: str, timeout: Optional[float], grace: float) -> None:
+def _check_run_args(script: str, timeout: float | None, grace: float) -> None:
     if not os.path.isfile(script):
         raise UsageError(f"script not found: {script}")
     if timeout is not None and timeout <= 0:
@@ -384,7 +395,7 @@ def _check_run_args(script: str, timeout: Optional[float], grace: float) -> None
         raise UsageError(f"--grace must not be negative, got {grace}")
 
 
-def _run_env(env: Optional[Mapping[str, str]]) -> dict[str, str]:
+def _run_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """The environment shared by this run's parties."""
     base_env = dict(os.environ if env is None else env)
     # A fresh job per run: a party left over from a previous run never takes this
@@ -409,7 +420,7 @@ def _start_party(sup: _Supervisor, output: _Output, argv: list[str], env: dict[s
     entry.reader.start()
 
 
-def _supervise(sup: _Supervisor, timeout: Optional[float]) -> int:
+def _supervise(sup: _Supervisor, timeout: float | None) -> int:
     """Wait for the parties; decide the exit code; stop everyone on failure/timeout/signal."""
     deadline = None if timeout is None else time.monotonic() + timeout
     next_refresh = 0.0
@@ -455,7 +466,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``run`` subcommand."""
     p = subparsers.add_parser(
         "run",

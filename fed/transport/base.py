@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -41,7 +41,7 @@ class MessageKey:
         return {name: getattr(self, name) for name in _KEY_FIELDS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MessageKey":
+    def from_dict(cls, data: dict[str, Any]) -> MessageKey:
         return cls(**data)
 
     def producer(self) -> str:
@@ -50,7 +50,7 @@ class MessageKey:
     def consumer(self) -> str:
         return f"{self.consumer_call} (call #{self.consumer_seq})"
 
-    def same_calls(self, other: "MessageKey") -> bool:
+    def same_calls(self, other: MessageKey) -> bool:
         return (
             self.producer_seq == other.producer_seq
             and self.producer_index == other.producer_index
@@ -83,11 +83,11 @@ class Transport(abc.ABC):
         """Start listening and sending; return when this party can receive."""
 
     @abc.abstractmethod
-    def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
+    def send(self, key: MessageKey, ref: ray.ObjectRef) -> None:
         """Push the value behind `ref` (when ready) to `key.dst`. Never blocks the driver."""
 
     @abc.abstractmethod
-    def receive(self, key: MessageKey) -> "ray.ObjectRef":
+    def receive(self, key: MessageKey) -> ray.ObjectRef:
         """A ref that resolves to the value `key.src` pushes for `key` (the receive barrier)."""
 
     @abc.abstractmethod
@@ -99,7 +99,7 @@ class Transport(abc.ABC):
         self,
         flush_timeout_s: float,
         *,
-        next_ordinals: Optional[dict[str, int]] = None,
+        next_ordinals: dict[str, int] | None = None,
         aborted: bool = False,
     ) -> list[BaseException]:
         """Flush pending sends (bounded), tell peers we are done, free every resource.
@@ -118,13 +118,13 @@ class Transport(abc.ABC):
         A transport that also executes `key.dst` (simulation) makes its `receive(key)`
         fail as that barrier would."""
 
-    def job_failure(self) -> Optional[FedError]:
+    def job_failure(self) -> FedError | None:
         """The error this party decided its job failed with, as known without a call
         (None if not decided, or not learnt yet): every later fed.get raises it, even
         for values that had already arrived."""
         return None
 
-    def refresh_failure(self) -> Optional[FedError]:
+    def refresh_failure(self) -> FedError | None:
         """Learn the decision now (a fed.get that failed asks: its error may be it)."""
         return self.job_failure()
 

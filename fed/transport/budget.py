@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Optional
 
 Slot = tuple[str, int]  # (source party, ordinal)
 
@@ -38,7 +37,7 @@ class Inflight:
 class PeerBudget:
     """Thread-safe accounting shared by connection threads and the actor's event loop."""
 
-    def __init__(self, limit: Optional[int],
+    def __init__(self, limit: int | None,
                  on_held: Callable[[str, int], None] | None = None) -> None:
         self._limit = limit
         #: Told a peer's held bytes when a value settles or is released (not per frame).
@@ -51,7 +50,7 @@ class PeerBudget:
         self._closed = False
         self._cond = threading.Condition()
 
-    def admit(self, slot: Slot, declared: int, timeout_s: float) -> Optional[Inflight]:
+    def admit(self, slot: Slot, declared: int, timeout_s: float) -> Inflight | None:
         """Start a value: wait up to `timeout_s` until its *declared* size would fit.
 
         Reserves nothing (the declaration is only a hint for backpressure); returns
@@ -96,7 +95,7 @@ class PeerBudget:
         self._cond.wait(remaining)
         return True
 
-    def _fits(self, slot: Slot, nbytes: int, value: Optional[Inflight]) -> bool:
+    def _fits(self, slot: Slot, nbytes: int, value: Inflight | None) -> bool:
         peer = slot[0]
         held = self._held.get(peer, 0)
         if self._limit is None or held + nbytes <= self._limit or slot in self._awaited:

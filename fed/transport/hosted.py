@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Coroutine, Optional
+from collections.abc import Coroutine
+from typing import Any
 
 
 class Hosted:
@@ -23,7 +24,7 @@ class Hosted:
     def submit(self, coro: Coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def call(self, coro: Coroutine, timeout: Optional[float] = None) -> Any:
+    def call(self, coro: Coroutine, timeout: float | None = None) -> Any:
         return self.submit(coro).result(timeout)
 
     def close(self) -> None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from cryptography import x509
 
 from fed.certnames import CertNames, read_names
-from fed.names import PARTY_URI_PREFIX
 from fed.config import SHARED_CERT_FIX, TlsConfig
 from fed.errors import FedIdentityError
+from fed.names import PARTY_URI_PREFIX
 
 
 def _load_bundle(path: str) -> list[x509.Certificate]:
@@ -53,11 +53,11 @@ class IdentityVerifier:
         self._warned = False
         self._warn_lock = threading.Lock()
         # Per-party CA bundles: attribution by issuer (OpenSSL already verified the chain).
-        self._issuers: Optional[dict[str, list[x509.Certificate]]] = None
+        self._issuers: dict[str, list[x509.Certificate]] | None = None
         if tls.per_party_ca:
             self._issuers = {p: _load_bundle(tls.ca_for(p)) for p in tls.ca_cert}
 
-    def check(self, der: Optional[bytes], party: str, *, as_server: bool) -> None:
+    def check(self, der: bytes | None, party: str, *, as_server: bool) -> None:
         """Raise FedIdentityError unless the certificate `der` may speak for `party`.
 
         ``as_server``: `der` is the certificate of the receiver we connected to (sender

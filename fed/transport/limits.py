@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import mmap
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from fed.errors import FedLimitError
 
@@ -55,8 +55,8 @@ CONNECTION_OVERHEAD_BYTES = 512 * 1024 + HUGE_PAGE_BYTES
 class ReceiverLimits:
     """The bounds of docs/security.md, as the receiver enforces them."""
 
-    max_value_bytes: Optional[int] = None
-    max_buffered_bytes_per_peer: Optional[int] = 2 * 1024**3
+    max_value_bytes: int | None = None
+    max_buffered_bytes_per_peer: int | None = 2 * 1024**3
     max_header_bytes: int = 1024 * 1024
     max_frames_per_value: int = 1_000_000
     #: How long a connection waits for buffer room before answering `busy` (the sender
@@ -76,7 +76,7 @@ class ReceiverLimits:
     max_connections_per_peer: int = 32
 
     @classmethod
-    def from_comm(cls, comm: Mapping[str, Any]) -> "ReceiverLimits":
+    def from_comm(cls, comm: Mapping[str, Any]) -> ReceiverLimits:
         """From the receiver's settings: the ``cross_silo_comm`` keys of docs/security.md
         (``messages_max_size_in_bytes`` is ``max_value_bytes`` here) and this class's
         field names; missing keys keep their defaults, unknown keys are an error."""
@@ -119,8 +119,8 @@ def check_advertised(limits: Mapping[str, Any], peer: str, header_len: int,
 class Refusal(Exception):
     """Raised while serving a connection: answer REFUSE {reason, detail}, then close."""
 
-    def __init__(self, reason: str, detail: str, party: Optional[str] = None,
-                 job: Optional[str] = None) -> None:
+    def __init__(self, reason: str, detail: str, party: str | None = None,
+                 job: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -133,7 +133,7 @@ class RefusalLog:
 
     def __init__(self, log: logging.LoggerAdapter) -> None:
         self._log = log
-        self._seen: set[tuple[str, Optional[str], str]] = set()
+        self._seen: set[tuple[str, str | None, str]] = set()
         self._by_reason: dict[str, int] = {}
         self._lock = threading.Lock()  # connection threads record concurrently
 
@@ -156,7 +156,7 @@ class RefusalLog:
             )
 
 
-def allocate(size: int) -> Union[bytearray, mmap.mmap]:
+def allocate(size: int) -> bytearray | mmap.mmap:
     """A zeroed, writable buffer of `size` bytes: a memory map, committed as it is written,
     from 1 MiB up; below, a bytearray (callers allocate it when its first byte arrives)."""
     if size < _LAZY_BUFFER_BYTES:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
@@ -59,7 +59,7 @@ class _Crossing:
     """Encodes each value as the sender would and checks it as the receiver would; the
     consumer builds it from the marker this returns, as in production."""
 
-    def __init__(self, policy: payload.WirePolicy, max_message_bytes: Optional[int]) -> None:
+    def __init__(self, policy: payload.WirePolicy, max_message_bytes: int | None) -> None:
         self._policy = policy
         self._max_bytes = max_message_bytes
         self._values: Counter[str] = Counter()
@@ -135,8 +135,8 @@ class LocalTransport(Transport):
         self._config = config
         self._codecs = codecs
         # The producer's ref, or the reason its egress vetoed the value (a str).
-        self._in_flight: dict[tuple[str, str, int], "ray.ObjectRef | str"] = {}
-        self._crossing: Optional["ray.actor.ActorHandle"] = None
+        self._in_flight: dict[tuple[str, str, int], ray.ObjectRef | str] = {}
+        self._crossing: ray.actor.ActorHandle | None = None
 
     def start(self) -> None:
         comm = self._config.comm
@@ -145,13 +145,13 @@ class LocalTransport(Transport):
         self._crossing = _CrossingActor.remote(policy, comm.messages_max_size_in_bytes)
         ray.get(self._crossing.stats.remote())  # started: its cost belongs to fed.init
 
-    def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
+    def send(self, key: MessageKey, ref: ray.ObjectRef) -> None:
         self._in_flight[(key.src, key.dst, key.ordinal)] = ref
 
     def vetoed(self, key: MessageKey, reason: str) -> None:
         self._in_flight[(key.src, key.dst, key.ordinal)] = veto_text(key, reason)
 
-    def receive(self, key: MessageKey) -> "ray.ObjectRef":
+    def receive(self, key: MessageKey) -> ray.ObjectRef:
         if self._crossing is None:
             raise FedError("the simulated channel is stopped: call fed.init first")
         ref = self._in_flight.pop((key.src, key.dst, key.ordinal))
@@ -172,7 +172,7 @@ class LocalTransport(Transport):
         self,
         flush_timeout_s: float,
         *,
-        next_ordinals: Optional[dict[str, int]] = None,
+        next_ordinals: dict[str, int] | None = None,
         aborted: bool = False,
     ) -> list[BaseException]:
         self._in_flight.clear()

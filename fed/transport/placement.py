@@ -9,8 +9,9 @@ hard (``soft=False``): on another node the bind would fail or listen on the wron
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -22,8 +23,8 @@ from fed.errors import FedError
 class ReceiverPlacement:
     """The scheduling strategy for the receiver, and whether that is the driver's node."""
 
-    strategy: Optional[NodeAffinitySchedulingStrategy]
-    node_id: Optional[str]
+    strategy: NodeAffinitySchedulingStrategy | None
+    node_id: str | None
     on_driver_node: bool
 
     def run(self, probe: Callable[..., None], *args: Any) -> None:
@@ -49,7 +50,7 @@ def _host_ips(host: str) -> set[str]:
         return {host}
 
 
-def receiver_placement(listen_host: str, resource_label: Optional[dict]) -> ReceiverPlacement:
+def receiver_placement(listen_host: str, resource_label: dict | None) -> ReceiverPlacement:
     """Place the receiver on the node owning `listen_host` (see the module docstring)."""
     if resource_label:
         return ReceiverPlacement(None, None, on_driver_node=False)

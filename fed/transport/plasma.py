@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 #: Values with fewer out-of-band bytes than this take the ordinary path.
 MIN_TOTAL_BYTES = 1024 * 1024
@@ -58,16 +58,16 @@ class Landing:
         buffers: list = [None if i in big else reserve(s) for i, s in enumerate(sizes)]
         for i, view in zip(self.big, views):
             buffers[i] = view
-        self.buffers: Optional[list] = buffers
+        self.buffers: list | None = buffers
 
     @classmethod
-    def maybe(cls, sizes: Sequence[int], kind: str) -> Optional["Landing"]:
+    def maybe(cls, sizes: Sequence[int], kind: str) -> Landing | None:
         """A landing for a large value, else None (small values, errors)."""
         if kind != "value" or sum(s for s in sizes[1:] if s >= MIN_BUFFER_BYTES) < MIN_TOTAL_BYTES:
             return None
         return cls(sizes)
 
-    def marker(self, fmt: str, policy: Any) -> "InObjectStore":
+    def marker(self, fmt: str, policy: Any) -> InObjectStore:
         """Put the complete value's large buffers into the object store; free ours."""
         import numpy as np
         import ray
@@ -120,7 +120,7 @@ class InObjectStore:
         self.fmt, self.header, self.ref, self.big, self.small = fmt, header, ref, big, small
         self.policy = policy
 
-    def claimed(self, policy: Any) -> "InObjectStore":
+    def claimed(self, policy: Any) -> InObjectStore:
         """This value under the policy its barrier runs with (codecs registered since)."""
         return InObjectStore(self.fmt, self.header, self.ref, self.big, self.small, policy)
 

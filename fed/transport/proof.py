@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from fed.names import JOB_SECRET_ENV
 
 
-def job_secret_from_env(environ: Mapping[str, str] = os.environ) -> Optional[bytes]:
+def job_secret_from_env(environ: Mapping[str, str] = os.environ) -> bytes | None:
     """The job secret this process was started with, or None."""
     value = environ.get(JOB_SECRET_ENV)
     return value.encode() if value else None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -17,8 +18,8 @@ def with_retries(
     *,
     deadline: float,
     transient: Callable[[BaseException], bool],
-    abort: Optional[Callable[[BaseException], None]] = None,
-    on_retry: Optional[Callable[[BaseException], None]] = None,
+    abort: Callable[[BaseException], None] | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
     first_delay_s: float = 0.05,
     max_delay_s: float = 1.0,
 ) -> T:

@@ -16,8 +16,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any
 
 from fed._log import party_logger
 from fed.audit import AuditLog, payload_digest
@@ -61,7 +62,7 @@ class SenderHooks:
     send_failed: Callable[[FedError], None]  # must not block
 
     @classmethod
-    def detached(cls) -> "SenderHooks":
+    def detached(cls) -> SenderHooks:
         """For a sender with no party around it (tools, tests): nothing to tell."""
 
         async def nothing_waited(_issued: dict) -> dict:
@@ -76,7 +77,7 @@ class SenderHooks:
 class _Connection:
     """One authenticated stream to a peer's receiver."""
 
-    def __init__(self, sock: socket.socket, limits: Optional[dict] = None) -> None:
+    def __init__(self, sock: socket.socket, limits: dict | None = None) -> None:
         self.sock = sock
         self.limits = limits or {}  # what the receiver advertised in WELCOME
 
@@ -95,9 +96,9 @@ class SenderProxy:
         party: str,
         job: str,
         addresses: dict[str, tuple[str, int]],
-        tls: Optional[Any],
+        tls: Any | None,
         comm: dict[str, Any],
-        hooks: Optional[SenderHooks] = None,
+        hooks: SenderHooks | None = None,
         metrics: ChannelMetrics | None = None,
     ) -> None:
         self._party, self._job = party, job
@@ -125,12 +126,12 @@ class SenderProxy:
         self._undelivered: dict[str, dict[int, dict]] = {}  # peer -> ordinal -> key
         self._lost: set[str] = set()
         self._finished: set[str] = set()  # peers whose BYE reached our receiver
-        self._heartbeat: Optional[asyncio.Task] = None
+        self._heartbeat: asyncio.Task | None = None
         self._failure_notices: set[asyncio.Task] = set()  # send_failed notices in flight
 
     def _read_settings(self, comm: dict[str, Any]) -> None:
         """The channel settings (cross_silo_comm) the sender uses, once."""
-        self._job_secret: Optional[bytes] = comm.get("job_secret")
+        self._job_secret: bytes | None = comm.get("job_secret")
         self._timeout_s = comm["timeout_in_ms"] / 1000.0
         self._chunk = int(comm["chunk_size_in_bytes"])
         self._max_message = comm.get("messages_max_size_in_bytes")
@@ -139,13 +140,13 @@ class SenderProxy:
         self._peer_timeout_s = float(comm["peer_timeout_s"])
         self._startup_timeout_s = float(comm["startup_timeout_s"])
 
-    def _set_up_security(self, tls: Optional[Any], addresses: dict[str, tuple[str, int]],
+    def _set_up_security(self, tls: Any | None, addresses: dict[str, tuple[str, int]],
                          peers: list[str], comm: dict[str, Any]) -> None:
         """TLS contexts and peer identity checks, the egress allowlist, the audit log."""
         from fed.transport.tls import client_context
 
         # One context per peer: with per-party CAs each trusts only that peer's CA.
-        self._ssl: Optional[dict[str, ssl.SSLContext]] = (
+        self._ssl: dict[str, ssl.SSLContext] | None = (
             {p: client_context(tls, p) for p in peers} if tls is not None else None
         )
         self._identity = None
@@ -408,7 +409,7 @@ class SenderProxy:
             ) from None
 
     def _audit_ahead(self, key: MessageKey, kind: str, nbytes: int,
-                     digest: Optional[str]) -> None:
+                     digest: str | None) -> None:
         """The `sending` record, on disk before any byte may leave; if it cannot be
         written the value does not leave (fed/audit.py)."""
         if self._audit is None:
@@ -425,7 +426,7 @@ class SenderProxy:
             ) from None
 
     def _audit_record(self, key: MessageKey, kind: str, status: str, nbytes: int,
-                      digest: Optional[str], **extra: Any) -> None:
+                      digest: str | None, **extra: Any) -> None:
         if self._audit is None:
             return
         try:
@@ -437,7 +438,7 @@ class SenderProxy:
 
     @staticmethod
     def _audit_fields(key: MessageKey, kind: str, nbytes: int,
-                      digest: Optional[str]) -> dict[str, Any]:
+                      digest: str | None) -> dict[str, Any]:
         return dict(job=key.job, src=key.src, dst=key.dst, call=key.producer_call,
                     call_seq=key.producer_seq, consumer=key.consumer_call, ordinal=key.ordinal,
                     kind=kind, bytes=nbytes, sha256=digest)
@@ -560,7 +561,7 @@ class SenderProxy:
     async def _heartbeat_loop(self) -> None:
         """PING every live peer each second. A peer never seen yet gets `startup_timeout_s`;
         a peer that finished is no longer watched."""
-        conns: dict[str, Optional[_Connection]] = {}
+        conns: dict[str, _Connection | None] = {}
         started = time.monotonic()
         # Generous per-beat timeouts: a loaded machine must not look like a dead peer.
         beat_timeout = max(2.0, self._peer_timeout_s / 3)

@@ -10,17 +10,18 @@ one engine process instead of two. Measured in docs/benchmarks.md.
 from __future__ import annotations
 
 import atexit
-import errno
 import concurrent.futures
+import errno
 import socket
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
+from fed._log import party_logger
 from fed.config import FedConfig
 from fed.errors import FedError, FedPeerUnavailableError
-from fed._log import party_logger
 from fed.names import JOB_SECRET_ENV
 from fed.transport.base import MessageKey, Transport, veto_text
 from fed.transport.hosted import Hosted
@@ -62,7 +63,7 @@ MIN_RECEIVER_CONCURRENCY = 1000
 DEFAULT_RECEIVER_CONCURRENCY = 10000
 
 
-def receiver_concurrency(configured: Optional[int]) -> int:
+def receiver_concurrency(configured: int | None) -> int:
     """The receiver actor's max_concurrency for `cross_silo_comm.max_concurrency`."""
     if configured is None:
         return DEFAULT_RECEIVER_CONCURRENCY
@@ -74,7 +75,7 @@ def receiver_concurrency(configured: Optional[int]) -> int:
 _RECEIVER_STOP_S = 10.0
 
 
-def _wait_until_dead(actor: "ray.actor.ActorHandle", timeout_s: float) -> bool:
+def _wait_until_dead(actor: ray.actor.ActorHandle, timeout_s: float) -> bool:
     """Wait (bounded) until a killed actor's process has ended; True if it has."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -111,7 +112,7 @@ class TcpTransport(Transport):
     """Drives this party's receiver actor and hosts its sender, from the driver."""
 
     def __init__(
-        self, config: FedConfig, on_send_failed: Optional[Callable[[FedError], None]] = None,
+        self, config: FedConfig, on_send_failed: Callable[[FedError], None] | None = None,
         codecs: Any = None,
     ) -> None:
         self._config = config
@@ -119,10 +120,10 @@ class TcpTransport(Transport):
         self._codecs = codecs
         self._receiver = None
         #: The job's failure once this party decided it (fed.get raises it from then on).
-        self._failure: Optional[FedError] = None
+        self._failure: FedError | None = None
         self._sender = None
         self._pending: list = []
-        self._start_error: Optional[BaseException] = None
+        self._start_error: BaseException | None = None
 
     def start(self) -> None:
         """Start the receiver actor and the hosted sender; return without waiting for the
@@ -152,7 +153,7 @@ class TcpTransport(Transport):
         self._sender.submit(self._relay_notices())
         atexit.register(self._flush_at_exit)
 
-    def _start_receiver(self, secret: Optional[bytes]) -> "ray.actor.ActorHandle":
+    def _start_receiver(self, secret: bytes | None) -> ray.actor.ActorHandle:
         """The receiver actor, on the node that owns the listen address, once that
         address is known to be bindable there."""
         cfg = self._config
@@ -181,7 +182,7 @@ class TcpTransport(Transport):
     def _address_book(self) -> dict[str, tuple[str, int]]:
         return {p: (a.address.host, a.address.port) for p, a in self._config.parties.items()}
 
-    def _sender_settings(self, secret: Optional[bytes]) -> dict[str, Any]:
+    def _sender_settings(self, secret: bytes | None) -> dict[str, Any]:
         cfg = self._config
         comm = cfg.comm
         return {
@@ -236,7 +237,7 @@ class TcpTransport(Transport):
         if self._receiver is not None:
             ray.get(self._receiver.set_codecs.remote(codecs))
 
-    def send(self, key: MessageKey, ref: "ray.ObjectRef") -> None:
+    def send(self, key: MessageKey, ref: ray.ObjectRef) -> None:
         self._pending.append(self._sender.submit(self._sender.obj.send(key.to_dict(), [ref])))
         if len(self._pending) >= _PRUNE_EVERY:
             self._pending = [f for f in self._pending if not f.done()]
@@ -275,7 +276,7 @@ class TcpTransport(Transport):
         except Exception:
             pass
 
-    def receive(self, key: MessageKey) -> "ray.ObjectRef":
+    def receive(self, key: MessageKey) -> ray.ObjectRef:
         if self._start_error is not None:
             raise self._start_error
         return self._receiver.get.remote(key.to_dict())
@@ -295,7 +296,7 @@ class TcpTransport(Transport):
         self,
         flush_timeout_s: float,
         *,
-        next_ordinals: Optional[dict[str, int]] = None,
+        next_ordinals: dict[str, int] | None = None,
         aborted: bool = False,
     ) -> list[BaseException]:
         """Flush sends, say BYE (not after an aborted fed.init), stop the server, all
@@ -359,10 +360,10 @@ class TcpTransport(Transport):
             self._sender.close()
         self._sender = self._receiver = None
 
-    def job_failure(self) -> Optional[FedError]:
+    def job_failure(self) -> FedError | None:
         return self._failure
 
-    def refresh_failure(self) -> Optional[FedError]:
+    def refresh_failure(self) -> FedError | None:
         if self._receiver is not None and self._failure is None:
             try:
                 self._failure = ray.get(self._receiver.job_failure.remote(), timeout=10)

@@ -6,12 +6,11 @@ Which *party* a verified certificate belongs to is decided by
 from __future__ import annotations
 
 import ssl
-from typing import Optional
 
 from fed.config import TlsConfig
 
 
-def server_context(tls: Optional[TlsConfig]) -> Optional[ssl.SSLContext]:
+def server_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
     """The receiver's context: present our certificate, require one from every peer.
 
     With one CA bundle per party, all of them are trusted here; the identity check
@@ -28,7 +27,7 @@ def server_context(tls: Optional[TlsConfig]) -> Optional[ssl.SSLContext]:
     return ctx
 
 
-def client_context(tls: Optional[TlsConfig], peer: str) -> Optional[ssl.SSLContext]:
+def client_context(tls: TlsConfig | None, peer: str) -> ssl.SSLContext | None:
     """The sender's context for reaching `peer`: trust only the CA bundle of `peer`.
 
     Host names are not checked: parties are often addressed by IP; the identity check

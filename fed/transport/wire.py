@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import msgpack
 
@@ -56,7 +57,7 @@ class DeadlineExceeded(socket.timeout):
 
 
 def recv_into_exact(sock: socket.socket, view: memoryview,
-                    deadline: Optional[float] = None) -> None:
+                    deadline: float | None = None) -> None:
     """Fill `view` from `sock`, however many reads it takes.
 
     With a `deadline` (time.monotonic()) the reads together must finish by then: a
@@ -76,14 +77,14 @@ def recv_into_exact(sock: socket.socket, view: memoryview,
         got += n
 
 
-def read_head(sock: socket.socket, deadline: Optional[float] = None) -> tuple[int, int]:
+def read_head(sock: socket.socket, deadline: float | None = None) -> tuple[int, int]:
     buf = bytearray(HEAD_SIZE)
     recv_into_exact(sock, memoryview(buf), deadline)
     return _HEAD.unpack(buf)
 
 
-def read_control(sock: socket.socket, max_len: int, deadline: Optional[float] = None,
-                 head: Optional[tuple[int, int]] = None) -> tuple[int, dict[str, Any]]:
+def read_control(sock: socket.socket, max_len: int, deadline: float | None = None,
+                 head: tuple[int, int] | None = None) -> tuple[int, dict[str, Any]]:
     """Read one control frame (its `head` if already read); refuse DATA frames and
     frames over `max_len` bytes (FrameTooLarge) before reading their payload."""
     ftype, length = head if head is not None else read_head(sock, deadline)
@@ -112,7 +113,7 @@ def encode_control(ftype: int, body: dict[str, Any]) -> bytes:
 
 
 def send_control(sock: socket.socket, ftype: int, body: dict[str, Any],
-                 timeout: Optional[float] = None) -> None:
+                 timeout: float | None = None) -> None:
     """Send one control frame; with `timeout`, the socket's timeout is set first (a
     reader's deadline may have left a shorter one)."""
     if timeout is not None:
