@@ -6,10 +6,12 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
-from multiparty import assert_all_ok, run_parties
+from multiparty import assert_all_ok, describe, run_parties
 
 import fed
 from fed.transport.metrics import METRICS
@@ -43,8 +45,8 @@ def complete(found: dict[str, float], party: str) -> bool:
     return WANT[party] <= nonzero_names(found) and values_sent(found, party, peer) >= ROUNDS
 
 
-def scrape(port: int, party: str, timeout_s: float = 90) -> dict[str, float]:
-    """``{series line: value}`` of the rayfed metrics once ``complete``, or the last
+def scrape(port: int, ready: Callable[[dict[str, float]], bool], timeout_s: float = 90) -> dict[str, float]:
+    """``{series line: value}`` of the rayfed metrics once ``ready`` holds, or the last
     scrape when the deadline passes (the test's assertions then say what is missing)."""
     deadline = time.monotonic() + timeout_s
     found: dict[str, float] = {}
@@ -53,7 +55,7 @@ def scrape(port: int, party: str, timeout_s: float = 90) -> dict[str, float]:
             text = resp.read().decode()
         found = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                  for line in text.splitlines() if line.startswith("ray_rayfed_")}
-        if complete(found, party):
+        if ready(found):
             return found
         time.sleep(1)
     return found
@@ -83,12 +85,17 @@ WANT = {
 }
 
 
-def job(party: str, addresses: dict, metrics_ports: dict) -> dict[str, float]:
+def start_ray(metrics_port: int) -> None:
+    """This party's Ray cluster, its metrics agent exporting on ``metrics_port``."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
-             object_store_memory=256 * 1024 * 1024, _metrics_export_port=metrics_ports[party],
+             object_store_memory=256 * 1024 * 1024, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 1000})
+
+
+def job(party: str, addresses: dict, metrics_ports: dict) -> dict[str, float]:
+    start_ray(metrics_ports[party])
     fed.init(addresses=addresses, party=party)
     total = None
     for round_ in range(ROUNDS):
@@ -96,7 +103,7 @@ def job(party: str, addresses: dict, metrics_ports: dict) -> dict[str, float]:
         total = fed.get(combine.party("bob").remote(a, combine.party("alice").remote(a, b)))
     if party == "alice":
         refuse_one(addresses["alice"])
-    found = scrape(metrics_ports[party], party)
+    found = scrape(metrics_ports[party], lambda found: complete(found, party))
     fed.shutdown()
     return {"sum": float(total.sum()), "metrics": found}
 
@@ -113,3 +120,46 @@ def test_a_two_party_job_exports_the_channel_metrics():
     refusals = [s for s in outcomes["alice"].result["metrics"] if s.startswith("ray_rayfed_refusals_total{")]
     assert any('reason="protocol"' in s for s in refusals), refusals
     assert {f"rayfed_{name}" for name in METRICS} >= {"rayfed_values_sent", "rayfed_barrier_held_bytes"}
+
+
+LATE_S = 4  # bob starts this late: alice's first push finds nobody listening
+PEER_TIMEOUT_S = 5
+
+
+def nonzero_for_bob(found: dict[str, float], name: str) -> bool:
+    return any(v > 0 for s, v in found.items() if s.startswith(name + "{") and 'peer="bob"' in s)
+
+
+def troubled_job(party: str, addresses: dict, metrics_ports: dict, out_dir: str) -> dict:
+    """bob starts late (alice's sends are retried) and is killed after one value
+    (alice loses him): alice's counters of both, as her scraper sees them."""
+    if party == "bob":
+        time.sleep(LATE_S)
+    start_ray(metrics_ports[party])
+    fed.init(addresses=addresses, party=party, config={"cross_silo_comm": {"peer_timeout_s": PEER_TIMEOUT_S}})
+    a = make.party("alice").remote(1000)
+    total = fed.get(combine.party("bob").remote(a, a))
+    if party == "bob":
+        Path(out_dir, "bob-may-die").touch()  # the harness SIGKILLs bob's session now
+        time.sleep(600)
+    try:
+        fed.get(make.party("bob").remote(10))
+        error = None
+    except fed.FedError as exc:
+        error = type(exc).__name__
+    found = scrape(metrics_ports[party], lambda found: all(
+        nonzero_for_bob(found, n) for n in ("ray_rayfed_send_retries_total", "ray_rayfed_peers_lost_total")))
+    fed.shutdown()
+    return {"sum": float(total.sum()), "error": error, "metrics": found}
+
+
+def test_retries_and_a_lost_peer_are_counted(tmp_path):
+    outcomes = run_parties(troubled_job, timeout=220, kill_after={"bob": str(tmp_path / "bob-may-die")},
+                           args=lambda lease: (dict(zip(("alice", "bob"), lease.reserve(2))), str(tmp_path)))
+    alice = outcomes["alice"]
+    assert alice.ok, describe(outcomes)
+    assert outcomes["bob"].killed_at is not None, describe(outcomes)
+    assert alice.result["sum"] == 2000.0 and alice.result["error"] is not None, alice.result
+    found = alice.result["metrics"]
+    for name in ("ray_rayfed_send_retries_total", "ray_rayfed_peers_lost_total"):
+        assert nonzero_for_bob(found, name), (name, sorted(found.items()))
