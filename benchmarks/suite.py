@@ -199,6 +199,21 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
         out["push"][nbytes] = [_push_once(nbytes, 200 + i)[0] for i in range(reps)]
 
     # ---- tiny tasks (RayFed's many_tiny_tasks shape) ----
+    out["tiny_s_per_iter"] = _tiny_seconds_per_iteration(params)
+
+    # ---- FL round: 25 MB model per party, mean in alice, back to both ----
+    out["fl_round_s"] = _fl_rounds(params, Trainer, fl_mean, _numpy_model_ok)
+    if params.get("torch"):
+        out["torch_fl_round_s"] = _fl_rounds(params, TorchTrainer, torch_fl_mean, _torch_model_ok)
+
+    _sync()
+    fed.shutdown()
+    ray.shutdown()
+    return out
+
+
+def _tiny_seconds_per_iteration(params: dict) -> float:
+    """An actor call in alice and one in bob, an aggregate in alice, fed.get of it."""
     a = Tiny.party("alice").remote()
     b = Tiny.party("bob").remote()
     agg = Aggregator.party("alice").remote()
@@ -216,17 +231,7 @@ def party_main(party: str, addresses: dict, run_dir: str, params: dict) -> dict[
     start = time.perf_counter()
     for _ in range(params["tiny_iters"]):
         tiny_iteration()
-    out["tiny_s_per_iter"] = (time.perf_counter() - start) / params["tiny_iters"]
-
-    # ---- FL round: 25 MB model per party, mean in alice, back to both ----
-    out["fl_round_s"] = _fl_rounds(params, Trainer, fl_mean, _numpy_model_ok)
-    if params.get("torch"):
-        out["torch_fl_round_s"] = _fl_rounds(params, TorchTrainer, torch_fl_mean, _torch_model_ok)
-
-    _sync()
-    fed.shutdown()
-    ray.shutdown()
-    return out
+    return (time.perf_counter() - start) / params["tiny_iters"]
 
 
 def _big_pushes(run_dir: str, party: str, nbytes: int, reps: int, step: str,

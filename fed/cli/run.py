@@ -351,20 +351,15 @@ def run_parties(
     if psutil is None:
         output.message("psutil is not installed: processes that leave a party's session may survive")
     base_env = _run_env(env)
-    old_handlers: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            old_handlers[sig] = signal.signal(sig, sup.on_signal)
-    tmp_dir: str | None = None
+    old_handlers = _handle_signals(sup.on_signal)
+    tmp_dir: Path | None = None
     lease = PortLease()  # held until every party process has ended
     try:
         tls_dir: Path | None = None
         if certs_dir is not None:
             tls_dir = _resolve_tls_dir(parties, Path(certs_dir))
         elif tls:
-            tmp_dir = tempfile.mkdtemp(prefix="rayfed-tls-")
-            create_dev_pki(list(parties), Path(tmp_dir), list(DEFAULT_HOSTS), days=1)
-            tls_dir = Path(tmp_dir)
+            tmp_dir = tls_dir = _dev_certificates(parties)
         addresses = lease.addresses(parties)
         runs = [(SIMULATION_MODE, parties[0])] if simulate else [(p, p) for p in parties]
         for label, party in runs:
@@ -384,6 +379,22 @@ def run_parties(
             lease.release()
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _handle_signals(handler: Any) -> dict[int, Any]:
+    """Route SIGINT/SIGTERM/SIGHUP to ``handler`` (main thread only); the old handlers."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def _dev_certificates(parties: Sequence[str]) -> Path:
+    """A throwaway CA and party certificates for ``--tls`` (removed when the run ends)."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix="rayfed-tls-"))
+    create_dev_pki(list(parties), tmp_dir, list(DEFAULT_HOSTS), days=1)
+    return tmp_dir
 
 
 def _check_run_args(script: str, timeout: float | None, grace: float) -> None:
