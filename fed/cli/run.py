@@ -56,20 +56,10 @@ from fed.cli.certs import (
 from fed.cli.ports import PortLease
 from fed.names import (  # one definition of the variables fed.init reads
     ADDRESSES_ENV as ENV_ADDRESSES,
-)
-from fed.names import (
     JOB_NAME_ENV as ENV_JOB_NAME,
-)
-from fed.names import (
     JOB_SECRET_ENV as ENV_JOB_SECRET,
-)
-from fed.names import (
     MODE_ENV as ENV_MODE,
-)
-from fed.names import (
     PARTY_ENV as ENV_PARTY,
-)
-from fed.names import (
     TLS_DIR_ENV as ENV_TLS_DIR,
 )
 
