@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import psutil
@@ -244,6 +245,20 @@ def _watch(procs: dict, pipes: dict, outcomes: dict[str, PartyOutcome], timeout:
     return pending
 
 
+def meet(rendezvous: str | os.PathLike, stage: str, name: str, processes: int,
+         timeout: float = 90) -> None:
+    """Wait until `processes` processes reached `stage` (each touches a file in `rendezvous`).
+
+    Parties whose start-up takes seconds apart on a loaded machine meet here before a
+    step whose timing the test depends on (e.g. a short startup_timeout_s)."""
+    Path(rendezvous, f"{stage}-{name}").touch()
+    deadline = time.monotonic() + timeout
+    while sum(f.startswith(f"{stage}-") for f in os.listdir(rendezvous)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only some processes reached {stage!r}")
+        time.sleep(0.05)
+
+
 def describe(outcomes: dict[str, PartyOutcome]) -> str:
     """Readable summary for assertion messages."""
     lines = []
@@ -262,5 +277,5 @@ def assert_all_ok(outcomes: dict[str, PartyOutcome]) -> None:
 
 __all__ = [
     "PartyOutcome", "PortLease", "run_parties", "port_clash", "start_ray",
-    "assert_all_ok", "describe",
+    "assert_all_ok", "describe", "meet",
 ]

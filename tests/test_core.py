@@ -1,13 +1,9 @@
 """The engine end to end: real party processes, each with its own Ray cluster."""
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
-from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, meet, run_parties, start_ray
 
 import fed
 
@@ -278,8 +274,9 @@ def test_repeated_init_and_shutdown_in_one_process():
     assert all(o.result == [3, 203] for o in outcomes.values()), describe(outcomes)
 
 
-def wrong_job(party, addresses):
+def wrong_job(party, addresses, rendezvous):
     start_ray()
+    meet(rendezvous, "ready", party, 2)  # so neither gives up before the other is up
     try:
         fed.init(addresses=addresses, party=party, job_name=f"job-of-{party}",
                  config={"barrier_on_initializing": True,
@@ -290,22 +287,12 @@ def wrong_job(party, addresses):
     return "joined"
 
 
-def test_jobs_do_not_mix_messages():
-    outcomes = run_parties(wrong_job, timeout=120)
+def test_jobs_do_not_mix_messages(tmp_path):
+    outcomes = run_parties(wrong_job, timeout=120, args=(str(tmp_path),))
     # The party that comes up second is refused by the first one's receiver, which names
     # the job it runs; the first one then finds nobody and fails at its startup timeout.
     assert all(o.result != "joined" for o in outcomes.values()), describe(outcomes)
     assert any("is not running in party" in o.result for o in outcomes.values()), describe(outcomes)
-
-
-def meet(rendezvous, stage, name, processes, timeout=90):
-    """Wait until `processes` processes reached `stage` (each touches a file)."""
-    Path(rendezvous, f"{stage}-{name}").touch()
-    deadline = time.monotonic() + timeout
-    while sum(f.startswith(f"{stage}-") for f in os.listdir(rendezvous)) < processes:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only some processes reached {stage!r}")
-        time.sleep(0.05)
 
 
 def concurrent_job(party, addresses, job, rendezvous, processes):

@@ -6,6 +6,7 @@ Each test asserts the outcome and prints the time it took (`-s` shows the figure
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import numpy as np
@@ -102,9 +103,26 @@ def test_send_to_a_finished_peer_fails_at_once_naming_the_value():
 # ---- a failed fed.init is not "finished" -----------------------------------------------------
 
 
+def _wait_until_listening(address: str, timeout: float) -> None:
+    """Return once something accepts TCP connections at ``address`` (host:port)."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens at {address} after {timeout} s") from None
+            time.sleep(0.2)
+
+
 def init_fails_in_alice(party, addresses):
     start_ray()
     if party == "alice":
+        # alice's barrier must run while bob is up: if bob started after alice gave up,
+        # bob would never have seen alice and would wait out its startup_timeout_s instead.
+        _wait_until_listening(addresses["bob"], timeout=90)
         try:
             fed.init(addresses=addresses, party=party, config={
                 "barrier_on_initializing": True,
@@ -114,7 +132,7 @@ def init_fails_in_alice(party, addresses):
         fed.shutdown()
         return "joined", None
     fed.init(addresses=addresses, party=party, config={
-        "cross_silo_comm": {"peer_timeout_s": 5, "startup_timeout_s": 120}})
+        "cross_silo_comm": {"peer_timeout_s": 5, "startup_timeout_s": 60}})
     started = time.monotonic()
     try:
         fed.get(produce.party("alice").remote(1))
@@ -127,7 +145,8 @@ def init_fails_in_alice(party, addresses):
 
 def test_failed_init_is_not_reported_to_peers_as_finished():
     outcomes = run_parties(init_fails_in_alice, ["alice", "bob"],  # carol never starts
-                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]))
+                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]),
+                           timeout=200)
     assert_all_ok(outcomes)
     assert outcomes["alice"].result == ("init failed", "carol"), describe(outcomes)
     kind, text, waited = outcomes["bob"].result

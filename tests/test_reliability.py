@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from multiparty import PortLease, assert_all_ok, describe, run_parties, start_ray
+from multiparty import PortLease, assert_all_ok, describe, meet, run_parties, start_ray
 from relay import Relay
 from remotes import add, produce
 
@@ -195,8 +195,11 @@ def test_parties_may_start_in_any_order_within_startup_timeout():
            "job completes")
 
 
-def barrier_without_carol(party, addresses):
+def barrier_without_carol(party, addresses, rendezvous):
     start_ray()
+    # Both call fed.init together: a party still starting Ray after the other's 5 s
+    # would be named missing too.
+    meet(rendezvous, "ready", party, 2)
     started = time.monotonic()
     try:
         fed.init(addresses=addresses, party=party,
@@ -208,9 +211,10 @@ def barrier_without_carol(party, addresses):
     return "joined", 0.0
 
 
-def test_barrier_on_initializing_names_the_missing_parties():
+def test_barrier_on_initializing_names_the_missing_parties(tmp_path):
     outcomes = run_parties(barrier_without_carol, ["alice", "bob"],  # carol never starts
-                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]))
+                           addresses=lambda lease: lease.addresses(["alice", "bob", "carol"]),
+                           args=(str(tmp_path),))
     assert_all_ok(outcomes)
     for o in outcomes.values():
         peer, waited = o.result
