@@ -26,6 +26,10 @@ from fed.transport.tls import client_context
 
 log = logging.getLogger("fed.site")
 DEFAULT_TIMEOUT_S = 15.0
+#: A live host completes TCP and TLS handshakes in milliseconds; a peer behind a firewall
+#: that drops packets never does. The short bound keeps such a peer from holding the
+#: site's worker for the whole read timeout on every retry.
+CONNECT_TIMEOUT_S = 5.0
 #: A peer that cannot be reached or spoke no HTTP (our transport raises httpcore's errors).
 _UNREACHABLE = (httpx.HTTPError, httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                 ssl.SSLError, OSError)
@@ -104,7 +108,7 @@ class PeerClient(OwnedHttpClient):
         context = client_context(config, party)
         self._client = httpx.Client(
             transport=_PartyTransport(context, lambda der: verifier.check(der, party, as_server=True)),
-            timeout=timeout_s,
+            timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
         )
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
