@@ -47,12 +47,17 @@ def complete(found: dict[str, float], party: str) -> bool:
 
 def scrape(port: int, ready: Callable[[dict[str, float]], bool], timeout_s: float = 90) -> dict[str, float]:
     """``{series line: value}`` of the rayfed metrics once ``ready`` holds, or the last
-    scrape when the deadline passes (the test's assertions then say what is missing)."""
+    scrape when the deadline passes (the test's assertions then say what is missing).
+    An agent not listening yet is scraped again a second later."""
     deadline = time.monotonic() + timeout_s
     found: dict[str, float] = {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:  # the agent is not up yet
+            time.sleep(1)
+            continue
         found = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                  for line in text.splitlines() if line.startswith("ray_rayfed_")}
         if ready(found):
@@ -122,8 +127,8 @@ def test_a_two_party_job_exports_the_channel_metrics():
     assert {f"rayfed_{name}" for name in METRICS} >= {"rayfed_values_sent", "rayfed_barrier_held_bytes"}
 
 
-LATE_S = 4  # bob starts this late: alice's first push finds nobody listening
 PEER_TIMEOUT_S = 5
+RETRIES = "ray_rayfed_send_retries_total"
 
 
 def nonzero_for_bob(found: dict[str, float], name: str) -> bool:
@@ -131,10 +136,10 @@ def nonzero_for_bob(found: dict[str, float], name: str) -> bool:
 
 
 def troubled_job(party: str, addresses: dict, metrics_ports: dict, out_dir: str) -> dict:
-    """bob starts late (alice's sends are retried) and is killed after one value
+    """bob starts after alice's sends to him were retried, and is killed after one value
     (alice loses him): alice's counters of both, as her scraper sees them."""
-    if party == "bob":
-        time.sleep(LATE_S)
+    if party == "bob":  # starts once alice's agent exports a retried send to him
+        scrape(metrics_ports["alice"], lambda found: nonzero_for_bob(found, RETRIES))
     start_ray(metrics_ports[party])
     fed.init(addresses=addresses, party=party, config={"cross_silo_comm": {"peer_timeout_s": PEER_TIMEOUT_S}})
     a = make.party("alice").remote(1000)
@@ -148,7 +153,7 @@ def troubled_job(party: str, addresses: dict, metrics_ports: dict, out_dir: str)
     except fed.FedError as exc:
         error = type(exc).__name__
     found = scrape(metrics_ports[party], lambda found: all(
-        nonzero_for_bob(found, n) for n in ("ray_rayfed_send_retries_total", "ray_rayfed_peers_lost_total")))
+        nonzero_for_bob(found, n) for n in (RETRIES, "ray_rayfed_peers_lost_total")))
     fed.shutdown()
     return {"sum": float(total.sum()), "error": error, "metrics": found}
 
@@ -161,5 +166,5 @@ def test_retries_and_a_lost_peer_are_counted(tmp_path):
     assert outcomes["bob"].killed_at is not None, describe(outcomes)
     assert alice.result["sum"] == 2000.0 and alice.result["error"] is not None, alice.result
     found = alice.result["metrics"]
-    for name in ("ray_rayfed_send_retries_total", "ray_rayfed_peers_lost_total"):
+    for name in (RETRIES, "ray_rayfed_peers_lost_total"):
         assert nonzero_for_bob(found, name), (name, sorted(found.items()))
